@@ -1,0 +1,39 @@
+# The README's commands. Setup is incremental: the venv is rebuilt only when
+# pyproject.toml or constraints.txt change, the tokenizer only when missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.raygpt-installed
+
+.PHONY: setup tokenizer test lint format bench clean
+
+setup: $(STAMP) tokenizer
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: an unpinned resolve would pull the CUDA build.
+	$(PY) -m pip install -q -c constraints.txt torch
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+# GPT-2 BPE ranks into .cache/tiktoken, offline (from the openai-whisper sdist), sha256-checked.
+tokenizer: $(STAMP)
+	$(PY) -m raygpt.tokenizer_setup
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: setup
+	$(PY) bench/bench_generate.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

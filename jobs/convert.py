@@ -1,0 +1,35 @@
+"""Convert a checkpoint between formats.
+
+    python jobs/convert.py --checkpoint ./gpt2-hf --out runs/gpt2 --to raygpt
+    python jobs/convert.py --checkpoint runs/tiny/final --out ./tiny-hf --to hf
+
+Reads raygpt checkpoints, local Hugging Face GPT-2 folders and nanoGPT ckpt.pt files; writes
+raygpt's format or HF GPT-2 (loadable by transformers, vLLM and ray.serve.llm).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from raygpt.checkpoint import load_model, save_checkpoint
+from raygpt.cli import run_cli
+from raygpt.hf_gpt2 import export_hf_gpt2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="what to read (any supported format)")
+    parser.add_argument("--out", required=True, help="folder to write")
+    parser.add_argument("--to", choices=("raygpt", "hf"), default="raygpt")
+    args = parser.parse_args()
+    model, meta = load_model(args.checkpoint)
+    if args.to == "hf":
+        export_hf_gpt2(model, meta, args.out)
+    else:
+        save_checkpoint(args.out, model, meta)
+    params = model.num_params(non_embedding=False)
+    print(f"wrote {args.to} checkpoint to {args.out} ({params / 1e6:.2f}M parameters)")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,88 @@
+"""Sample from a trained model, like nanoGPT's sample.py.
+
+    python jobs/sample.py --checkpoint runs/tiny/final --prompt "def fibonacci(n):"
+    python jobs/sample.py --checkpoint ./gpt2-hf --prompt FILE:prompt.txt --num_samples 3
+
+--checkpoint takes a raygpt checkpoint, a local Hugging Face GPT-2 folder or a nanoGPT ckpt.pt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from raygpt.checkpoint import load_model
+from raygpt.cli import run_cli
+from raygpt.errors import RaygptError
+from raygpt.tokenizer import TOKENIZER_NAMES, get_tokenizer
+
+
+def read_prompt(text: str) -> str:
+    """`FILE:path` reads the prompt from a file, as in nanoGPT."""
+    if not text.startswith("FILE:"):
+        return text
+    path = Path(text.removeprefix("FILE:"))
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise RaygptError(f"cannot read prompt file {path}: {err}") from None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="checkpoint folder or nanoGPT ckpt.pt")
+    parser.add_argument("--prompt", default="\n", help="text, or FILE:path")
+    parser.add_argument("--num_samples", type=int, default=1)
+    parser.add_argument("--max_new_tokens", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 for greedy")
+    parser.add_argument("--top_k", type=int, default=200)
+    parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--tokenizer", choices=TOKENIZER_NAMES, help="override the checkpoint's")
+    parser.add_argument(
+        "--no_stop", action="store_true", help="keep going past the end-of-text token"
+    )
+    args = parser.parse_args()
+    if args.max_new_tokens < 1 or args.num_samples < 1:
+        raise RaygptError("--max_new_tokens and --num_samples must be >= 1")
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, meta = load_model(args.checkpoint, device)
+    name = args.tokenizer or meta.tokenizer
+    if name is None:
+        raise RaygptError(f"{args.checkpoint} does not say its tokenizer; pass --tokenizer")
+    tokenizer = get_tokenizer(name)
+    ids = tokenizer.encode(read_prompt(args.prompt)) or [tokenizer.eot_token]
+    prompt = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)
+    stop = () if args.no_stop else (tokenizer.eot_token,)
+
+    start = time.perf_counter()
+    out = model.generate(
+        prompt,
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        stop_tokens=stop,
+        seed=args.seed,
+    )
+    elapsed = time.perf_counter() - start
+    made = 0
+    for row in out.tolist():
+        new = row[len(ids) :]
+        if stop and tokenizer.eot_token in new:
+            new = new[: new.index(tokenizer.eot_token)]
+        made += len(new)
+        print(tokenizer.decode(ids + new))
+        print("---------------")
+    print(f"{made} tokens in {elapsed:.2f} s ({made / elapsed:.1f} tokens/s) on {device}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

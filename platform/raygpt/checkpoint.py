@@ -1,0 +1,179 @@
+"""raygpt's checkpoint format, and one loader for every format we read.
+
+A checkpoint is a folder: `model.safetensors` (weights; the tied output head is stored once)
+and `raygpt.json` (model config, tokenizer, step, training config). Nothing here unpickles
+arbitrary objects: safetensors holds only tensors, and the foreign formats are read with
+`torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from raygpt.config import ModelConfig, section_from_dict
+from raygpt.errors import CheckpointError, RaygptError
+from raygpt.model import GPT
+
+FORMAT = "raygpt-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "raygpt.json"
+TIED_HEAD = "lm_head.weight"
+
+
+@dataclass
+class CheckpointMeta:
+    model: ModelConfig
+    tokenizer: str | None = "gpt2"  # None: unknown (e.g. a char-level nanoGPT model)
+    step: int = 0
+    train: dict[str, Any] | None = None  # the experiment config that produced it
+    source: str = "raygpt"  # where the weights came from: raygpt, hf-gpt2, nanogpt
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            **dataclasses.asdict(self),
+        }
+
+
+def save_checkpoint(directory: str | Path, model: GPT, meta: CheckpointMeta) -> Path:
+    """Write weights and metadata into `directory` (created); returns the folder."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {
+        name: tensor.detach().contiguous().cpu()
+        for name, tensor in model.state_dict().items()
+        if name != TIED_HEAD
+    }
+    # Weights first, metadata last: a folder with raygpt.json has complete weights.
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
+    (directory / META_FILE).write_text(json.dumps(meta.to_json(), indent=2) + "\n")
+    return directory
+
+
+def load_checkpoint(
+    directory: str | Path, device: torch.device | str = "cpu"
+) -> tuple[GPT, CheckpointMeta]:
+    """Load a raygpt checkpoint folder."""
+    directory = Path(directory)
+    meta = read_meta(directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
+    state = read_safetensors(weights, device)
+    return model_from_state_dict(meta.model, state, str(weights)), meta
+
+
+def read_meta(directory: Path) -> CheckpointMeta:
+    path = directory / META_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory}: {META_FILE} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is corrupt: {err}") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a raygpt checkpoint (format != {FORMAT!r})")
+    if raw.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format_version {raw['format_version']}; "
+            f"this raygpt reads up to {FORMAT_VERSION}: upgrade raygpt"
+        )
+    try:
+        model = section_from_dict(ModelConfig, raw.get("model"), "model", str(path))
+        return CheckpointMeta(
+            model=model,
+            tokenizer=raw.get("tokenizer"),
+            step=int(raw.get("step", 0)),
+            train=raw.get("train"),
+            source=raw.get("source", "raygpt"),
+            extra=raw.get("extra") or {},
+        )
+    except (RaygptError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: invalid metadata: {err}") from None
+
+
+def read_safetensors(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as err:  # safetensors raises its own error types for truncated/garbage files
+        raise CheckpointError(f"{path} is corrupt or not a safetensors file: {err}") from None
+
+
+def model_from_state_dict(config: ModelConfig, state: dict[str, torch.Tensor], source: str) -> GPT:
+    """Build a GPT around `state` (nanoGPT names) without a throwaway random init.
+
+    The token embedding may have fewer rows than the padded vocabulary (HF, nanoGPT char
+    models): it is padded with zeros. The output head is tied to it.
+    """
+    state = dict(state)
+    state.pop(TIED_HEAD, None)
+    wte_name = "transformer.wte.weight"
+    wte = state.get(wte_name)
+    if wte is not None and wte.shape[0] < config.padded_vocab_size:
+        pad = wte.new_zeros(config.padded_vocab_size - wte.shape[0], wte.shape[1])
+        state[wte_name] = torch.cat([wte, pad])
+    with torch.device("meta"):
+        model = GPT(config)
+    expected = {name for name in model.state_dict() if name != TIED_HEAD}
+    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: weights do not match the model config "
+            f"(missing: {_few(missing)}; unexpected: {_few(unexpected)})"
+        )
+    state[TIED_HEAD] = state[wte_name]
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as err:  # shape mismatches
+        raise CheckpointError(f"{source}: weights do not match the model config: {err}") from None
+    model.lm_head.weight = model.transformer.wte.weight  # assign=True made two Parameters: re-tie
+    return model.eval()
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[GPT, CheckpointMeta]:
+    """Load a model from any format raygpt reads, chosen by what is on disk.
+
+    - a raygpt checkpoint folder (raygpt.json + model.safetensors)
+    - a Hugging Face GPT-2 folder (config.json + model.safetensors or pytorch_model.bin)
+    - a nanoGPT `ckpt.pt`, or a folder holding one
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_file():
+        if path.suffix in (".pt", ".pth"):
+            from raygpt.nanogpt_checkpoint import load_nanogpt_checkpoint
+
+            return load_nanogpt_checkpoint(path, device)
+        raise CheckpointError(f"{path}: expected a checkpoint folder or a nanoGPT .pt file")
+    if (path / META_FILE).is_file():
+        return load_checkpoint(path, device)
+    if (path / "config.json").is_file():
+        from raygpt.hf_gpt2 import load_hf_gpt2
+
+        return load_hf_gpt2(path, device)
+    if (path / "ckpt.pt").is_file():
+        from raygpt.nanogpt_checkpoint import load_nanogpt_checkpoint
+
+        return load_nanogpt_checkpoint(path / "ckpt.pt", device)
+    raise CheckpointError(
+        f"{path} is not a checkpoint: no {META_FILE} (raygpt), config.json (Hugging Face GPT-2) "
+        "or ckpt.pt (nanoGPT) in it"
+    )
+
+
+def _few(names: list[str], limit: int = 4) -> str:
+    if not names:
+        return "none"
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more

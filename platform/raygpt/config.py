@@ -1,0 +1,302 @@
+"""Typed experiment configs: one YAML with `model`, `data` and `train` sections.
+
+Names follow nanoGPT (n_layer, block_size, gradient_accumulation_steps, ...). Loading
+validates everything once: unknown keys, wrong types and impossible values end in one
+ConfigError that names the key and where it came from (the file or the override).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from raygpt.errors import ConfigError
+
+# nanoGPT pads the vocabulary to a multiple of 64 so the output matmul tiles well on GPUs.
+VOCAB_PAD_MULTIPLE = 64
+
+Problem = tuple[tuple[str, ...], str]  # (keys within the section involved, what is wrong)
+
+
+@dataclass
+class ModelConfig:
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 1024
+    vocab_size: int = 50257  # the tokenizer's; the embedding is padded (padded_vocab_size)
+    dropout: float = 0.0
+    bias: bool = True
+    # GPT-2's released weights use the tanh approximation; nanoGPT trains with exact GELU.
+    activation: Literal["gelu", "gelu_tanh"] = "gelu"
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = VOCAB_PAD_MULTIPLE
+        return (self.vocab_size + m - 1) // m * m
+
+    def problems(self) -> list[Problem]:
+        found = _positive(self, "n_layer", "n_head", "n_embd", "block_size", "vocab_size")
+        if self.n_head > 0 and self.n_embd % self.n_head:
+            found.append(
+                (
+                    ("n_embd", "n_head"),
+                    f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}",
+                )
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            found.append((("dropout",), f"must be in [0, 1), got {self.dropout}"))
+        return found
+
+
+@dataclass
+class DataConfig:
+    # A folder of token shards made by jobs/prepare_data.py, or 'stdlib' (the embedded corpus).
+    dataset: str = "stdlib"
+    tokenizer: Literal["gpt2", "byte"] = "gpt2"
+
+    def problems(self) -> list[Problem]:
+        return [] if self.dataset.strip() else [(("dataset",), "must not be empty")]
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/default"
+    # 'scratch', 'resume', or a local HF GPT-2 folder / raygpt or nanoGPT checkpoint.
+    init_from: str = "scratch"
+    seed: int = 1337
+    max_iters: int = 5000
+    batch_size: int = 12  # per worker, per micro-step
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 6e-4
+    min_lr: float = 6e-5
+    warmup_iters: int = 100
+    lr_decay_iters: int | None = None  # None: decay until max_iters
+    decay_lr: bool = True
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 10
+    always_save_checkpoint: bool = True
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    compile: bool = False
+
+    def problems(self) -> list[Problem]:
+        found = _positive(
+            self,
+            "max_iters",
+            "batch_size",
+            "gradient_accumulation_steps",
+            "eval_interval",
+            "eval_iters",
+            "log_interval",
+        )
+        found += _non_negative(
+            self, "learning_rate", "min_lr", "warmup_iters", "weight_decay", "grad_clip"
+        )
+        if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
+            found.append((("lr_decay_iters",), f"must be >= 1, got {self.lr_decay_iters}"))
+        if self.decay_lr and self.min_lr > self.learning_rate:
+            found.append(
+                (
+                    ("min_lr", "learning_rate"),
+                    f"min_lr={self.min_lr} is above learning_rate={self.learning_rate}",
+                )
+            )
+        for beta in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, beta) < 1.0:
+                found.append(((beta,), f"must be in [0, 1), got {getattr(self, beta)}"))
+        if not self.init_from.strip():
+            found.append((("init_from",), "must not be empty"))
+        return found
+
+
+@dataclass
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Section name -> its dataclass, in file order.
+SECTIONS: dict[str, type] = typing.get_type_hints(ExperimentConfig)
+
+
+def load_experiment(path: str | Path, overrides: typing.Sequence[str] = ()) -> ExperimentConfig:
+    """Read an experiment YAML (or a nanoGPT-style .py config) and apply `a.b=value` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.suffix == ".py":
+        from raygpt.nanogpt_config import read_nanogpt_config
+
+        raw = read_nanogpt_config(path)
+    else:
+        raw = _read_yaml(path)
+    origins: dict[str, str] = {}
+    for text in overrides:
+        key, value = parse_override(text)
+        section, _, name = key.partition(".")
+        if not isinstance(raw.get(section, {}), dict):
+            raise ConfigError(f"override '{text}': section '{section}' is not a mapping")
+        raw.setdefault(section, {})[name] = value
+        origins[key] = f"override '{text}'"
+    return experiment_from_dict(raw, source=str(path), origins=origins)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.learning_rate=3e-4` -> ('train.learning_rate', 0.0003); values are YAML scalars."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or key.count(".") != 1 or not all(key.split(".")):
+        raise ConfigError(f"override '{text}' is not of the form section.key=value")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({err})") from None
+    return key, parsed
+
+
+def experiment_from_dict(
+    raw: dict[str, Any], source: str = "<dict>", origins: dict[str, str] | None = None
+) -> ExperimentConfig:
+    """Build and validate an ExperimentConfig; errors name the key and its source."""
+    origins = origins or {}
+
+    def where(key: str) -> str:
+        return origins.get(key, source)
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections {list(SECTIONS)}")
+    sections: dict[str, Any] = {}
+    for name, values in raw.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"{where(name)}: unknown section '{name}'{_hint(name, SECTIONS)}")
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where(name)}: section '{name}' must be a mapping")
+        sections[name] = _build_section(SECTIONS[name], values, name, where)
+    config = ExperimentConfig(**sections)
+    for name in SECTIONS:
+        _raise_first_problem(getattr(config, name), name, where)
+    return config
+
+
+def _raise_first_problem(section: Any, name: str, where) -> None:
+    for keys, problem in section.problems():
+        full = [f"{name}.{key}" for key in keys]
+        sources = " and ".join(dict.fromkeys(where(key) for key in full))
+        raise ConfigError(f"{sources}: {full[0]}: {problem}")
+
+
+def section_from_dict(cls: type, values: dict[str, Any], section: str, source: str) -> Any:
+    """Build and validate one section (e.g. a ModelConfig stored in a checkpoint)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: section '{section}' must be a mapping")
+    built = _build_section(cls, values, section, lambda _key: source)
+    _raise_first_problem(built, section, lambda _key: source)
+    return built
+
+
+def _build_section(cls: type, values: dict[str, Any], section: str, where) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{section}.{key}"
+        if key not in hints:
+            raise ConfigError(f"{where(full)}: unknown key '{full}'{_hint(key, hints)}")
+        try:
+            kwargs[key] = _coerce(value, hints[key])
+        except ValueError as err:
+            raise ConfigError(f"{where(full)}: {full}: {err}") from None
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """Check `value` against a field's type hint; accept ints and numeric strings for floats."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError("; ".join(errors))
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ValueError(f"must be one of {list(choices)}, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ValueError(f"expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `6e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"expected a number, got {value!r}")
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config field type {hint!r}")  # a bug in raygpt, not user input
+
+
+def _positive(obj: Any, *names: str) -> list[Problem]:
+    return [((n,), f"must be >= 1, got {getattr(obj, n)}") for n in names if getattr(obj, n) < 1]
+
+
+def _non_negative(obj: Any, *names: str) -> list[Problem]:
+    return [((n,), f"must be >= 0, got {getattr(obj, n)}") for n in names if getattr(obj, n) < 0]
+
+
+def _hint(key: str, known: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file") from None
+    return data or {}

@@ -1,0 +1,224 @@
+"""The GPT: nanoGPT's architecture in one file, with a preallocated KV cache for generation.
+
+Pre-LayerNorm transformer blocks, causal self-attention through
+`scaled_dot_product_attention`, a GELU MLP, learned positions, the output head tied to the
+token embedding, optional biases, and a vocabulary padded to a multiple of 64. Parameter
+names match nanoGPT's and (modulo Conv1D's transposed weights) Hugging Face's GPT-2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raygpt.config import ModelConfig
+from raygpt.kv_cache import KVCache
+from raygpt.sampling import sample_next_token
+
+LayerCache = tuple[torch.Tensor, torch.Tensor]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: LayerCache | None, start_pos: int) -> torch.Tensor:
+        B, T, C = x.shape
+        # (B, T, 3C) -> three (B, n_head, T, head_dim)
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        mask, causal = None, True
+        if cache is not None:
+            end = start_pos + T
+            cache_k, cache_v = cache
+            cache_k[:B, :, start_pos:end] = k
+            cache_v[:B, :, start_pos:end] = v
+            k, v = cache_k[:B, :, :end], cache_v[:B, :, :end]
+            if (
+                start_pos > 0
+            ):  # new queries see every cached position and the causal part of their own
+                causal = False
+                if T > 1:
+                    mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(start_pos)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=causal,
+        )
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh" if config.activation == "gelu_tanh" else "none")
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(
+        self, x: torch.Tensor, cache: LayerCache | None = None, start_pos: int = 0
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, start_pos)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied: one matrix, two uses
+        self.apply(self._init_weights)
+        # GPT-2's scaled init: residual projections shrink with depth so the stream's
+        # variance stays put as 2 * n_layer branches add into it.
+        for name, param in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; positions excluded by default (nanoGPT's convention), tied head once."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        cache: KVCache | None = None,
+        start_pos: int = 0,
+        last_logits_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits over the padded vocabulary, and the mean cross-entropy when targets are given.
+
+        With a cache, `idx` holds positions start_pos.. of each sequence; their keys and values
+        are written into the cache and attention reads everything before them from it.
+        Targets of -1 are ignored.
+        """
+        _, T = idx.shape
+        if start_pos + T > self.config.block_size:
+            raise ValueError(
+                f"positions {start_pos}..{start_pos + T - 1} exceed block_size={self.config.block_size}"
+            )
+        pos = torch.arange(start_pos, start_pos + T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cache.layer(i) if cache is not None else None, start_pos)
+        x = self.transformer.ln_f(x)
+        if targets is not None:
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(
+                logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1
+            )
+            return logits, loss
+        if last_logits_only:
+            x = x[:, -1:, :]
+        return self.lm_head(x), None
+
+    def crop_block_size(self, block_size: int) -> None:
+        """Shrink the context window (e.g. load GPT-2's 1024 and train at 256)."""
+        if not 1 <= block_size <= self.config.block_size:
+            raise ValueError(
+                f"block_size must be in [1, {self.config.block_size}], got {block_size}"
+            )
+        self.config.block_size = block_size
+        wpe = self.transformer.wpe
+        wpe.weight = nn.Parameter(wpe.weight.detach()[:block_size].clone())
+        wpe.num_embeddings = block_size
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop_tokens: Iterable[int] = (),
+        seed: int | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Continue each row of `idx` (batch, T) by up to max_new_tokens tokens.
+
+        A row ends at its first stop token (kept in the output); rows that end early are padded
+        with that token until every row has ended or max_new_tokens are made. Positions past
+        block_size slide the window, recomputing it (as nanoGPT's sample.py always does).
+        """
+        block_size = self.config.block_size
+        batch, prompt_len = idx.shape
+        stops = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=idx.device)
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=idx.device).manual_seed(seed)
+        out = torch.empty(batch, prompt_len + max_new_tokens, dtype=torch.long, device=idx.device)
+        out[:, :prompt_len] = idx
+        length = prompt_len
+        finished = torch.zeros(batch, dtype=torch.bool, device=idx.device)
+        cache = None
+        if use_cache:
+            param = self.lm_head.weight
+            cache = KVCache(
+                self.config, batch, prompt_len + max_new_tokens, param.dtype, param.device
+            )
+        cached = 0  # positions of `out` whose keys/values are in the cache
+        for _ in range(max_new_tokens):
+            if cache is not None and length <= cache.max_len:
+                logits, _ = self(
+                    out[:, cached:length], cache=cache, start_pos=cached, last_logits_only=True
+                )
+                cached = length
+            else:
+                window = out[:, max(0, length - block_size) : length]
+                logits, _ = self(window, last_logits_only=True)
+            # Padded vocabulary rows are not tokens: never sample them.
+            logits = logits[:, -1, : self.config.vocab_size]
+            token = sample_next_token(logits, temperature, top_k, top_p, generator)
+            if stops.numel():
+                token = torch.where(finished, out[:, length - 1], token)
+                finished |= torch.isin(token, stops)
+            out[:, length] = token
+            length += 1
+            if stops.numel() and bool(finished.all()):
+                break
+        return out[:, :length]

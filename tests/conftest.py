@@ -1,0 +1,58 @@
+"""Shared fixtures: a tiny random GPT-2 made by transformers, saved as a real HF folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(2)
+
+REPO = Path(__file__).resolve().parents[1]
+# GPT-2's real vocabulary (so the padding to 50304 is exercised), tiny everything else.
+TINY_GPT2 = dict(n_layer=2, n_head=4, n_embd=64, n_positions=64, vocab_size=50257)
+
+
+def make_hf_gpt2(directory: Path, legacy_bin: bool = False, seed: int = 0, **overrides):
+    """A random tiny GPT-2 saved by transformers; `legacy_bin` rewrites it as the older
+    pytorch_model.bin layout (plain state dict, as the original GPT-2 releases ship)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(**{**TINY_GPT2, **overrides})).eval()
+    model.save_pretrained(directory)
+    if legacy_bin:
+        (directory / "model.safetensors").unlink()
+        torch.save(model.state_dict(), directory / "pytorch_model.bin")
+    return model
+
+
+@pytest.fixture(scope="session")
+def hf_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("hf_gpt2")
+    make_hf_gpt2(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def hf_model(hf_dir):
+    from transformers import GPT2LMHeadModel
+
+    return GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+
+
+def run_job(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run an entrypoint in jobs/ the way a user does, in a fresh interpreter."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
