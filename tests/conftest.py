@@ -11,6 +11,8 @@ import pytest
 import torch
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Local test clusters run without Ray's token auth; real clusters keep it on.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(2)
 
@@ -56,3 +58,24 @@ def run_job(script: str, *args: str, timeout: float = 300) -> subprocess.Complet
         timeout=timeout,
         cwd=REPO,
     )
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (start-ups are slow: share them)."""
+    import ray
+
+    from raygpt.ray_runtime import init_ray
+
+    init_ray(num_cpus=4)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def stdlib_shards(ray_session, tmp_path_factory):
+    """The default job: the embedded stdlib corpus through the Ray Data pipeline."""
+    from raygpt.data.prepare import PrepareOptions, prepare_dataset
+
+    out = tmp_path_factory.mktemp("stdlib_shards")
+    return prepare_dataset(PrepareOptions(out_dir=str(out), overwrite=True))

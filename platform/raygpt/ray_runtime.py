@@ -1,0 +1,31 @@
+"""Connecting to Ray: the cluster a job was submitted to, or a local one started here."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+# A local Ray on a small machine gets more logical CPUs than cores: Ray Train workers and
+# Ray Data tasks each reserve CPUs, and with one per core Ray Data starves and hangs.
+MIN_LOCAL_CPUS = 4
+
+
+def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: bool = True) -> None:
+    """Connect to `address` (or $RAY_ADDRESS, set by `ray job submit`), else start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = {"logging_level": logging.WARNING} if quiet else {}
+    if address:
+        ray.init(address=address, **kwargs)
+        return
+    cpus = num_cpus if num_cpus is not None else max(MIN_LOCAL_CPUS, os.cpu_count() or 1)
+    ray.init(num_cpus=cpus, include_dashboard=False, **kwargs)
+
+
+def cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 1))

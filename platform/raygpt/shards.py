@@ -1,0 +1,224 @@
+"""Token shards on disk: raygpt's Parquet shards and manifest, and the formats we import.
+
+A dataset folder holds `manifest.json` and `train/` and `val/` folders of Parquet shards.
+Each shard row is one document's tokens (end-of-text appended) in a list column stored as
+uint16 while the vocabulary fits, with the document's content hash beside it, so Ray Data (through pyarrow) reads shards natively and
+training can cut windows of any block_size from the stream.
+
+Imported formats: llm.c / modded-nanogpt `.bin` shards (a 256 x int32 header starting with
+magic 20240520, then uint16 tokens) and nanoGPT's headerless uint16 `train.bin` / `val.bin`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raygpt.errors import RaygptError
+
+MANIFEST = "manifest.json"
+FORMAT = "raygpt-shards"
+FORMAT_VERSION = 1
+SPLITS = ("train", "val")
+LLMC_MAGIC = 20240520
+LLMC_HEADER_INTS = 256
+# Rows of an imported token stream (which has no document boundaries we can trust).
+IMPORT_CHUNK_TOKENS = 1 << 16
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+@dataclass
+class SplitStats:
+    documents: int = 0
+    tokens: int = 0
+    shards: list[dict[str, Any]] = field(default_factory=list)  # file, documents, tokens, sha256
+
+
+@dataclass
+class Manifest:
+    tokenizer: str
+    vocab_size: int
+    eot_token: int
+    token_dtype: str
+    splits: dict[str, SplitStats]
+    skipped: dict[str, int] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+    files_read: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "tokenizer": self.tokenizer,
+            "vocab_size": self.vocab_size,
+            "eot_token": self.eot_token,
+            "token_dtype": self.token_dtype,
+            "files_read": self.files_read,
+            "skipped": self.skipped,
+            "splits": {name: vars(stats) for name, stats in self.splits.items()},
+            "inputs": self.inputs,
+            "extra": self.extra,
+        }
+
+    def shard_paths(self, root: Path, split: str) -> list[str]:
+        return [str(root / shard["file"]) for shard in self.splits[split].shards]
+
+
+def write_manifest(root: Path, manifest: Manifest) -> Path:
+    path = root / MANIFEST
+    path.write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
+    return path
+
+
+def read_manifest(root: str | Path) -> Manifest:
+    """The manifest of a dataset folder; a clear error when there is none or it is broken."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise RaygptError(f"dataset folder not found: {root} (make one with jobs/prepare_data.py)")
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RaygptError(
+            f"{root} has no {MANIFEST}: not a dataset made by jobs/prepare_data.py"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RaygptError(f"{path} is corrupt: {err}") from None
+    if raw.get("format") != FORMAT:
+        raise RaygptError(f"{path} is not a raygpt shard manifest")
+    try:
+        splits = {name: SplitStats(**stats) for name, stats in raw["splits"].items()}
+        return Manifest(
+            tokenizer=raw["tokenizer"],
+            vocab_size=int(raw["vocab_size"]),
+            eot_token=int(raw["eot_token"]),
+            token_dtype=raw["token_dtype"],
+            splits=splits,
+            skipped=raw.get("skipped", {}),
+            inputs=raw.get("inputs", []),
+            files_read=raw.get("files_read", 0),
+            extra=raw.get("extra", {}),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise RaygptError(f"{path} is missing or has a bad field: {err}") from None
+
+
+class ShardWriter:
+    """Writes one split's documents into Parquet shards of about `shard_tokens` tokens each.
+
+    Documents arrive in a fixed order and are cut into shards by count, so the same input
+    always gives byte-identical shards (checked by sha256 in the manifest).
+    """
+
+    def __init__(self, root: Path, split: str, dtype: np.dtype, shard_tokens: int) -> None:
+        self.root, self.split, self.dtype, self.shard_tokens = root, split, dtype, shard_tokens
+        (root / split).mkdir(parents=True, exist_ok=True)
+        self.stats = SplitStats()
+        self._pending: list[np.ndarray] = []
+        self._hashes: list[str | None] = []
+        self._pending_tokens = self._pending_documents = 0
+
+    def add(self, tokens: np.ndarray, documents: int = 1, doc_hash: str | None = None) -> None:
+        """Append one row: a document (with its content hash), or a chunk of an imported
+        stream holding `documents` documents."""
+        self._pending.append(np.asarray(tokens, dtype=self.dtype))
+        self._hashes.append(doc_hash)
+        self._pending_tokens += len(tokens)
+        self._pending_documents += documents
+        if self._pending_tokens >= self.shard_tokens:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        name = f"{self.split}/{self.split}_{len(self.stats.shards):05d}.parquet"
+        lengths = np.array([len(t) for t in self._pending], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        values = pa.array(np.concatenate(self._pending), type=pa.from_numpy_dtype(self.dtype))
+        tokens = pa.ListArray.from_arrays(pa.array(offsets), values)
+        table = pa.table({"tokens": tokens, "hash": pa.array(self._hashes, type=pa.string())})
+        path = self.root / name
+        pq.write_table(table, path, compression="zstd")
+        self.stats.shards.append(
+            {
+                "file": name,
+                "documents": self._pending_documents,
+                "tokens": int(lengths.sum()),
+                "sha256": file_sha256(path),
+            }
+        )
+        self.stats.documents += self._pending_documents
+        self.stats.tokens += int(lengths.sum())
+        self._pending, self._hashes = [], []
+        self._pending_tokens = self._pending_documents = 0
+
+
+def fresh_output_dir(out: Path, overwrite: bool) -> Path:
+    """Create `out`; a non-empty one is replaced only when asked, never silently."""
+    import shutil
+
+    if out.exists() and not out.is_dir():
+        raise RaygptError(f"output {out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise RaygptError(f"output folder {out} is not empty; pass --overwrite to replace it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_llmc_bin(path: str | Path) -> np.ndarray:
+    """Tokens of an llm.c / modded-nanogpt shard, memory-mapped (never read whole)."""
+    path = Path(path)
+    header = np.fromfile(path, dtype=np.int32, count=LLMC_HEADER_INTS)
+    if len(header) < LLMC_HEADER_INTS or header[0] != LLMC_MAGIC:
+        raise RaygptError(f"{path} is not an llm.c shard (no magic {LLMC_MAGIC} in its header)")
+    if header[1] != 1:
+        raise RaygptError(f"{path}: llm.c shard version {header[1]} is not supported (only 1)")
+    count = int(header[2])
+    expected = LLMC_HEADER_INTS * 4 + count * 2
+    if path.stat().st_size != expected:
+        raise RaygptError(
+            f"{path}: header says {count} tokens ({expected} bytes) but the file has "
+            f"{path.stat().st_size} bytes"
+        )
+    return np.memmap(path, dtype=np.uint16, mode="r", offset=LLMC_HEADER_INTS * 4, shape=(count,))
+
+
+def write_llmc_bin(path: str | Path, tokens: np.ndarray) -> None:
+    header = np.zeros(LLMC_HEADER_INTS, dtype=np.int32)
+    header[:3] = (LLMC_MAGIC, 1, len(tokens))
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(np.asarray(tokens, dtype=np.uint16).tobytes())
+
+
+def read_nanogpt_bin(path: str | Path) -> np.ndarray:
+    """nanoGPT's train.bin / val.bin: headerless uint16 tokens, memory-mapped."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size % 2:
+        raise RaygptError(f"{path} has an odd byte count: not a uint16 token file")
+    with open(path, "rb") as f:
+        if f.read(4) == np.int32(LLMC_MAGIC).tobytes():
+            raise RaygptError(f"{path} has an llm.c header: import it as --format llmc")
+    return np.memmap(path, dtype=np.uint16, mode="r")
