@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--new_tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3, help="for the cached decoders")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--row_major", action="store_true", help="skip use_decode_layout()")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -60,6 +61,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         export_hf_gpt2(model, CheckpointMeta(model=config), tmp)
         hf = GPT2LMHeadModel.from_pretrained(tmp).eval()
+    if not args.row_major:
+        model.use_decode_layout()  # what jobs/sample.py and serving do on CPU
     prompt = torch.randint(0, config.vocab_size, (1, args.prompt_tokens))
     n = args.new_tokens
 
@@ -87,7 +90,8 @@ def main() -> None:
     print(
         f"\nGPT {config.n_layer}L/{config.n_head}H/{config.n_embd}, "
         f"{model.num_params() / 1e6:.1f}M params, fp32, batch 1, prompt {args.prompt_tokens}, "
-        f"{n} new tokens, {args.threads} threads, {platform.processor() or platform.machine()}"
+        f"{n} new tokens, {args.threads} threads, {platform.processor() or platform.machine()}, "
+        f"{'row-major' if args.row_major else 'decode layout'}"
     )
     print(f"{'decoder':34} {'seconds':>8} {'tokens/s':>9} {'KV cache is':>12} {'same tokens':>12}")
     for name, seconds, out in rows:

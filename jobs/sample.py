@@ -54,6 +54,8 @@ def main() -> None:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, meta = load_model(args.checkpoint, device)
+    if device == "cpu":
+        model.use_decode_layout()
     name = args.tokenizer or meta.tokenizer
     if name is None:
         raise RaygptError(f"{args.checkpoint} does not say its tokenizer; pass --tokenizer")

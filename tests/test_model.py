@@ -139,3 +139,20 @@ def test_training_step_with_dropout_reduces_loss():
         torch.log(torch.tensor(300.0)).item(), rel=0.1
     )  # ~uniform at init
     assert losses[-1] < losses[0] - 1.0
+
+
+def test_decode_layout_changes_memory_layout_not_results():
+    model = small_model()
+    prompt = torch.randint(0, 300, (2, 5))
+    idx = torch.randint(0, 300, (2, 30))
+    with torch.no_grad():
+        before_logits, _ = model(idx)
+    before = model.generate(prompt, 30, temperature=0)
+    model.use_decode_layout()
+    attn = model.transformer.h[0].attn.c_attn.weight
+    assert attn.t().is_contiguous() and not attn.is_contiguous()
+    assert model.lm_head.weight is model.transformer.wte.weight  # still tied
+    with torch.no_grad():
+        after_logits, _ = model(idx)
+    assert torch.allclose(before_logits, after_logits, atol=1e-5)
+    assert torch.equal(model.generate(prompt, 30, temperature=0), before)

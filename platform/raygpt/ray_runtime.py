@@ -22,7 +22,8 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: b
         ray.init(address=address, **kwargs)
         return
     cpus = num_cpus if num_cpus is not None else max(MIN_LOCAL_CPUS, os.cpu_count() or 1)
-    ray.init(num_cpus=cpus, include_dashboard=False, **kwargs)
+    # address="local": a private Ray for this process, even if `ray start` runs on this machine.
+    ray.init(address="local", num_cpus=cpus, **kwargs)
 
 
 def cluster_cpus() -> float:

@@ -149,7 +149,8 @@ class ShardWriter:
         tokens = pa.ListArray.from_arrays(pa.array(offsets), values)
         table = pa.table({"tokens": tokens, "hash": pa.array(self._hashes, type=pa.string())})
         path = self.root / name
-        pq.write_table(table, path, compression="zstd")
+        # lz4: half the size of raw tokens, and cheap to write and read (zstd costs ~3x the time).
+        pq.write_table(table, path, compression="lz4", use_dictionary=False)
         self.stats.shards.append(
             {
                 "file": name,
