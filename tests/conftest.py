@@ -79,3 +79,15 @@ def stdlib_shards(ray_session, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("stdlib_shards")
     return prepare_dataset(PrepareOptions(out_dir=str(out), overwrite=True))
+
+
+@pytest.fixture(scope="session")
+def byte_shards(ray_session, tmp_path_factory):
+    """A small byte-level dataset (a few stdlib packages): fast to train on."""
+    from raygpt.data.prepare import PrepareOptions, prepare_dataset
+
+    out = tmp_path_factory.mktemp("byte_shards")
+    options = PrepareOptions(
+        out_dir=str(out), tokenizer="byte", include=["*/json/*", "*/email/*"], overwrite=True
+    )
+    return prepare_dataset(options).out_dir

@@ -45,13 +45,16 @@ class CheckpointMeta:
         }
 
 
-def save_checkpoint(directory: str | Path, model: GPT, meta: CheckpointMeta) -> Path:
-    """Write weights and metadata into `directory` (created); returns the folder."""
+def save_checkpoint(
+    directory: str | Path, model: GPT | dict[str, torch.Tensor], meta: CheckpointMeta
+) -> Path:
+    """Write weights (a model, or its full state dict) and metadata into `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    weights = model.state_dict() if isinstance(model, torch.nn.Module) else model
     state = {
         name: tensor.detach().contiguous().cpu()
-        for name, tensor in model.state_dict().items()
+        for name, tensor in weights.items()
         if name != TIED_HEAD
     }
     # Weights first, metadata last: a folder with raygpt.json has complete weights.
@@ -140,6 +143,27 @@ def model_from_state_dict(config: ModelConfig, state: dict[str, torch.Tensor], s
     return model.eval()
 
 
+def checkpoint_format(path: str | Path) -> str:
+    """'raygpt', 'hf-gpt2' or 'nanogpt', from what is on disk; a clear error otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_file():
+        if path.suffix in (".pt", ".pth"):
+            return "nanogpt"
+        raise CheckpointError(f"{path}: expected a checkpoint folder or a nanoGPT .pt file")
+    if (path / META_FILE).is_file():
+        return "raygpt"
+    if (path / "config.json").is_file():
+        return "hf-gpt2"
+    if (path / "ckpt.pt").is_file():
+        return "nanogpt"
+    raise CheckpointError(
+        f"{path} is not a checkpoint: no {META_FILE} (raygpt), config.json (Hugging Face GPT-2) "
+        "or ckpt.pt (nanoGPT) in it"
+    )
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[GPT, CheckpointMeta]:
     """Load a model from any format raygpt reads, chosen by what is on disk.
 
@@ -148,28 +172,29 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[GP
     - a nanoGPT `ckpt.pt`, or a folder holding one
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.is_file():
-        if path.suffix in (".pt", ".pth"):
-            from raygpt.nanogpt_checkpoint import load_nanogpt_checkpoint
-
-            return load_nanogpt_checkpoint(path, device)
-        raise CheckpointError(f"{path}: expected a checkpoint folder or a nanoGPT .pt file")
-    if (path / META_FILE).is_file():
+    kind = checkpoint_format(path)
+    if kind == "raygpt":
         return load_checkpoint(path, device)
-    if (path / "config.json").is_file():
+    if kind == "hf-gpt2":
         from raygpt.hf_gpt2 import load_hf_gpt2
 
         return load_hf_gpt2(path, device)
-    if (path / "ckpt.pt").is_file():
-        from raygpt.nanogpt_checkpoint import load_nanogpt_checkpoint
+    from raygpt.nanogpt_checkpoint import load_nanogpt_checkpoint
 
-        return load_nanogpt_checkpoint(path / "ckpt.pt", device)
-    raise CheckpointError(
-        f"{path} is not a checkpoint: no {META_FILE} (raygpt), config.json (Hugging Face GPT-2) "
-        "or ckpt.pt (nanoGPT) in it"
-    )
+    return load_nanogpt_checkpoint(path if path.is_file() else path / "ckpt.pt", device)
+
+
+def read_model_config(path: str | Path) -> ModelConfig:
+    """A checkpoint's architecture, reading only metadata where the format has it apart."""
+    path = Path(path)
+    kind = checkpoint_format(path)
+    if kind == "raygpt":
+        return read_meta(path).model
+    if kind == "hf-gpt2":
+        from raygpt.hf_gpt2 import hf_model_config
+
+        return hf_model_config(path)
+    return load_model(path)[0].config  # nanoGPT keeps its model_args inside the weights file
 
 
 def _few(names: list[str], limit: int = 4) -> str:

@@ -94,6 +94,10 @@ class TrainConfig:
     always_save_checkpoint: bool = True
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     compile: bool = False
+    activation_checkpointing: bool = False  # recompute block activations in backward: less memory
+    checkpoint_interval: int | None = None  # steps between checkpoints; None: every eval_interval
+    keep_checkpoints: int = 3  # the best (by val loss) are kept
+    shuffle_buffer: int = 4096  # windows shuffled locally per epoch (0: stream order)
 
     def problems(self) -> list[Problem]:
         found = _positive(
@@ -108,6 +112,13 @@ class TrainConfig:
         found += _non_negative(
             self, "learning_rate", "min_lr", "warmup_iters", "weight_decay", "grad_clip"
         )
+        found += _positive(self, "keep_checkpoints")
+        if self.checkpoint_interval is not None and self.checkpoint_interval < 1:
+            found.append(
+                (("checkpoint_interval",), f"must be >= 1, got {self.checkpoint_interval}")
+            )
+        if self.shuffle_buffer < 0:
+            found.append((("shuffle_buffer",), f"must be >= 0, got {self.shuffle_buffer}"))
         if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
             found.append((("lr_decay_iters",), f"must be >= 1, got {self.lr_decay_iters}"))
         if self.decay_lr and self.min_lr > self.learning_rate:
@@ -126,10 +137,36 @@ class TrainConfig:
 
 
 @dataclass
+class ScalingConfig:
+    """How many Ray Train workers, on what (Ray's ScalingConfig, in nanoGPT's YAML)."""
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0  # fractions are fine: Ray Data needs CPUs beside the workers
+    gpus_per_worker: float = 1.0  # with use_gpu
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # fsdp shards parameters and optimizer state
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    max_failures: int = 0  # worker-group restarts from the last checkpoint
+    torch_threads: int | None = None  # per worker; None: cpus_per_worker rounded up
+
+    def problems(self) -> list[Problem]:
+        found = _positive(self, "num_workers")
+        if self.cpus_per_worker <= 0:
+            found.append((("cpus_per_worker",), f"must be > 0, got {self.cpus_per_worker}"))
+        if self.use_gpu and self.gpus_per_worker <= 0:
+            found.append((("gpus_per_worker",), f"must be > 0, got {self.gpus_per_worker}"))
+        found += _non_negative(self, "max_failures")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            found.append((("torch_threads",), f"must be >= 1, got {self.torch_threads}"))
+        return found
+
+
+@dataclass
 class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

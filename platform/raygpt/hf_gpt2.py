@@ -32,7 +32,7 @@ LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, and GPT-2's
 
 def load_hf_gpt2(directory: Path, device: torch.device | str = "cpu") -> tuple[GPT, CheckpointMeta]:
     """Load a local HF GPT-2 folder (config.json + model.safetensors or pytorch_model.bin)."""
-    config = _model_config(directory)
+    config = hf_model_config(directory)
     state = {}
     for name, tensor in _read_hf_weights(directory, device).items():
         name = name.removeprefix("transformer.")
@@ -101,7 +101,7 @@ def _hf_config(config: ModelConfig, meta: CheckpointMeta, model: GPT) -> dict[st
     }
 
 
-def _model_config(directory: Path) -> ModelConfig:
+def hf_model_config(directory: Path) -> ModelConfig:
     path = directory / "config.json"
     try:
         hf = json.loads(path.read_text())

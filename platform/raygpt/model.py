@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from raygpt.config import ModelConfig
 from raygpt.kv_cache import KVCache
@@ -79,10 +80,16 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
+        self.activation_checkpointing = False  # set by training.set_activation_checkpointing
 
     def forward(
         self, x: torch.Tensor, cache: LayerCache | None = None, start_pos: int = 0
     ) -> torch.Tensor:
+        if self.activation_checkpointing and self.training and cache is None:
+            return checkpoint(self._forward, x, None, 0, use_reentrant=False)
+        return self._forward(x, cache, start_pos)
+
+    def _forward(self, x: torch.Tensor, cache: LayerCache | None, start_pos: int) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, start_pos)
         return x + self.mlp(self.ln_2(x))
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 # A local Ray on a small machine gets more logical CPUs than cores: Ray Train workers and
 # Ray Data tasks each reserve CPUs, and with one per core Ray Data starves and hangs.
 MIN_LOCAL_CPUS = 4
+DATA_LOGGING = Path(__file__).parent / "data" / "logging.yaml"
 
 
 def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: bool = True) -> None:
@@ -16,6 +18,8 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: b
 
     if ray.is_initialized():
         return
+    # Workers inherit this from the process that starts Ray: quiet Ray Data everywhere.
+    os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(DATA_LOGGING))
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = {"logging_level": logging.WARNING} if quiet else {}
     if address:

@@ -1,0 +1,254 @@
+"""Launching a training run: every check first, then a Ray Train TorchTrainer.
+
+`plan_training` runs before any worker starts (and mostly before Ray starts): the config,
+the dataset, the starting weights and the run folder are checked so that a bad run ends in
+one clear error instead of a worker traceback. `run_training` then builds the trainer:
+workers from the `scaling` section, the Ray Data window streams as its datasets, and
+checkpoints in the run folder (`train.out_dir`), where a re-run resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from raygpt.checkpoint import read_model_config
+from raygpt.config import ExperimentConfig
+from raygpt.data.stream import window_dataset, windows_available
+from raygpt.errors import CheckpointError, ConfigError, RaygptError
+from raygpt.run_log import plot_losses, read_metrics
+from raygpt.shards import MANIFEST, Manifest, read_manifest
+from raygpt.train.loop import FAILURE_ENV, train_loop_per_worker
+
+STDLIB = "stdlib"
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
+
+
+@dataclass
+class TrainingPlan:
+    config: ExperimentConfig
+    data_dir: Path
+    run_dir: Path
+    init_weights: str | None  # pretrained weights to start from (None: scratch or resume)
+    resuming: bool
+    manifest: Manifest | None = None  # None until the stdlib dataset is prepared
+
+
+@dataclass
+class TrainingResult:
+    run_dir: Path
+    final_model: Path
+    steps: int
+    best_val_loss: float | None
+    seconds: float
+    best_checkpoint: str | None
+
+
+def plan_training(config: ExperimentConfig) -> TrainingPlan:
+    """Check everything a run needs, without starting workers. Raises RaygptError."""
+    train = config.train
+    run_dir = Path(train.out_dir).resolve()
+    resuming = (run_dir / SNAPSHOT).is_file()
+    if train.init_from == "resume" and not resuming:
+        raise ConfigError(f"train.init_from=resume but {run_dir} has no checkpoints to resume from")
+    init_weights = None
+    if resuming:
+        config = _adopt_run_model(config, run_dir)
+    elif train.init_from not in ("scratch", "resume"):
+        init_weights = train.init_from
+        config = _adopt_pretrained_config(config, init_weights)
+    data_dir = (
+        default_stdlib_dir(config) if config.data.dataset == STDLIB else Path(config.data.dataset)
+    )
+    plan = TrainingPlan(config, data_dir, run_dir, init_weights, resuming)
+    if (data_dir / MANIFEST).is_file() or config.data.dataset != STDLIB:
+        check_data(plan)
+    return plan
+
+
+def default_stdlib_dir(config: ExperimentConfig) -> Path:
+    return Path("data") / f"stdlib_{config.data.tokenizer}"
+
+
+def check_data(plan: TrainingPlan) -> None:
+    """The dataset exists, matches the model, and has enough windows for one step and one eval."""
+    manifest = read_manifest(plan.data_dir)
+    config = plan.config
+    if manifest.tokenizer != config.data.tokenizer:
+        raise ConfigError(
+            f"data.tokenizer is '{config.data.tokenizer}' but {plan.data_dir} was tokenized "
+            f"with '{manifest.tokenizer}'"
+        )
+    if plan.init_weights is None and not plan.resuming:
+        # From scratch the data decides the vocabulary (nanoGPT's meta_vocab_size).
+        plan.config = dataclasses.replace(
+            config, model=dataclasses.replace(config.model, vocab_size=manifest.vocab_size)
+        )
+    elif manifest.vocab_size > config.model.vocab_size:
+        raise ConfigError(
+            f"{plan.data_dir} has token ids up to {manifest.vocab_size - 1}, beyond the model's "
+            f"vocabulary of {config.model.vocab_size}"
+        )
+    train, scaling, block = plan.config.train, plan.config.scaling, plan.config.model.block_size
+    per_step = scaling.num_workers * train.gradient_accumulation_steps * train.batch_size
+    have = windows_available(plan.data_dir, "train", block)
+    if have < per_step:
+        raise ConfigError(
+            f"train.batch_size: one step needs {per_step} windows of block_size={block} "
+            f"(num_workers x gradient_accumulation_steps x batch_size) but {plan.data_dir} "
+            f"has only {have} in its train split; lower the batch or block size"
+        )
+    if windows_available(plan.data_dir, "val", block) < train.batch_size:
+        raise ConfigError(
+            f"train.batch_size={train.batch_size} is more than the {plan.data_dir} val split "
+            f"holds ({windows_available(plan.data_dir, 'val', block)} windows of {block})"
+        )
+    plan.manifest = manifest
+
+
+def run_training(plan: TrainingPlan) -> TrainingResult:
+    """Run the plan on the connected Ray cluster (prepares the stdlib dataset if needed)."""
+    import ray.train
+    from ray.data import DataContext
+    from ray.train.torch import TorchTrainer
+
+    if plan.manifest is None:
+        _prepare_stdlib(plan)
+        check_data(plan)
+    config = plan.config
+    train, scaling = config.train, config.scaling
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    (plan.run_dir / "experiment.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+    # Same order on every rank and every run: what resume and the DDP batch split rely on.
+    context = DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False  # the training progress line is the one to watch
+    block = config.model.block_size
+    datasets = {
+        "train": window_dataset(plan.data_dir, "train", block, shuffle_seed=train.seed),
+        "val": window_dataset(plan.data_dir, "val", block),
+    }
+    resources = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = scaling.gpus_per_worker
+    env_vars = {FAILURE_ENV: os.environ[FAILURE_ENV]} if os.environ.get(FAILURE_ENV) else {}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "experiment": config.to_dict(),
+            "run_dir": str(plan.run_dir),
+            "tokenizer": plan.manifest.tokenizer,
+            "init_weights": plan.init_weights,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=scaling.placement_strategy,
+        ),
+        run_config=ray.train.RunConfig(
+            name=plan.run_dir.name,
+            storage_path=str(plan.run_dir.parent),
+            failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=train.keep_checkpoints,
+                checkpoint_score_attribute="val_loss",
+                checkpoint_score_order="min",
+            ),
+            worker_runtime_env={"env_vars": env_vars} if env_vars else None,
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
+    )
+    start = time.perf_counter()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        raise RaygptError(f"training failed: {_root_cause(err)}") from None
+    seconds = time.perf_counter() - start
+    plot_losses(plan.run_dir)
+    best = None
+    if result.best_checkpoints:
+        best = min(result.best_checkpoints, key=lambda item: item[1].get("val_loss", float("inf")))
+        best = best[0].path
+    returned = result.return_value or {}
+    return TrainingResult(
+        run_dir=plan.run_dir,
+        final_model=plan.run_dir / "final",
+        steps=returned.get("step", train.max_iters),
+        best_val_loss=returned.get("best_val_loss"),
+        seconds=seconds,
+        best_checkpoint=best,
+    )
+
+
+def summary(result: TrainingResult) -> str:
+    records = [r for r in read_metrics(result.run_dir) if "tokens_per_s" in r]
+    rate = records[-1]["tokens_per_s"] if records else float("nan")
+    best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f}"
+    return "\n".join(
+        [
+            f"trained {result.steps} steps in {result.seconds:.0f} s ({rate:,.0f} tokens/s at the end)",
+            f"  best val loss: {best}",
+            f"  final model:   {result.final_model}",
+            f"  best checkpoint: {result.best_checkpoint}",
+            f"  metrics:       {result.run_dir / 'metrics.jsonl'}, {result.run_dir / 'loss.png'}",
+            "next: python jobs/sample.py --checkpoint "
+            f"{result.final_model} --prompt 'def fibonacci(n):'",
+        ]
+    )
+
+
+def _adopt_pretrained_config(config: ExperimentConfig, path: str) -> ExperimentConfig:
+    """Fine-tuning keeps the pretrained architecture; the run sets block size (≤) and dropout."""
+    try:
+        pretrained = read_model_config(path)
+    except CheckpointError as err:
+        raise ConfigError(f"train.init_from: {err}") from None
+    block = min(config.model.block_size, pretrained.block_size)
+    adopted = dataclasses.replace(pretrained, block_size=block, dropout=config.model.dropout)
+    return dataclasses.replace(config, model=adopted)
+
+
+def _adopt_run_model(config: ExperimentConfig, run_dir: Path) -> ExperimentConfig:
+    """A resumed run keeps the architecture it was started with."""
+    from raygpt.config import ModelConfig, section_from_dict
+
+    path = run_dir / "experiment.json"
+    try:
+        model = json.loads(path.read_text())["model"]
+    except (OSError, KeyError, json.JSONDecodeError) as err:
+        raise ConfigError(
+            f"cannot resume {run_dir}: {path} is missing or corrupt ({err})"
+        ) from None
+    return dataclasses.replace(
+        config, model=section_from_dict(ModelConfig, model, "model", str(path))
+    )
+
+
+def _prepare_stdlib(plan: TrainingPlan) -> None:
+    from raygpt.data.prepare import PrepareOptions, prepare_dataset
+
+    print(f"preparing the stdlib corpus into {plan.data_dir} (once) ...", flush=True)
+    prepare_dataset(
+        PrepareOptions(
+            out_dir=str(plan.data_dir), tokenizer=plan.config.data.tokenizer, overwrite=True
+        )
+    )
+
+
+def _root_cause(err: Exception) -> str:
+    """The innermost worker error, as one line."""
+    failures = getattr(err, "worker_failures", None) or {}
+    for failure in failures.values():
+        cause = failure
+        while getattr(cause, "__cause__", None) is not None:
+            cause = cause.__cause__
+        return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
+    text = str(err).strip().splitlines()
+    return text[-1] if text else type(err).__name__
