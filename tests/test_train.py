@@ -66,10 +66,14 @@ def test_two_ddp_workers_equal_one_worker_with_double_accumulation(
 ):
     one = train(experiment(byte_shards, tmp_path / "one", train={"gradient_accumulation_steps": 2}))
     two = train(experiment(byte_shards, tmp_path / "two", scaling={"num_workers": 2}))
+    fsdp = train(
+        experiment(byte_shards, tmp_path / "fsdp", scaling={"num_workers": 2, "strategy": "fsdp"})
+    )
     w1, _ = weights(one.final_model)
     w2, meta = weights(two.final_model)
     assert meta.step == 6 and meta.tokenizer == "byte"
     assert_same_weights(w1, w2, atol=1e-5)
+    assert_same_weights(w2, weights(fsdp.final_model)[0], atol=1e-5)  # sharded, same math
     # and training moved them away from the (seeded) initial weights
     torch.manual_seed(1337)
     initial = GPT(meta.model).state_dict()
@@ -192,3 +196,37 @@ def test_training_across_two_ray_nodes(tmp_path, byte_shards):
     assert report["steps"] == 6 and Path(report["final_model"]).is_dir()
     started = [r for r in read_metrics(tmp_path / "run") if r.get("event") == "started"]
     assert len(set(started[0]["nodes"])) == 2  # the two workers ran on different nodes
+
+
+def test_fine_tune_from_a_hugging_face_gpt2_folder(
+    ray_session, stdlib_shards, hf_dir, hf_model, tmp_path
+):
+    """The seed's code assistant, in miniature: init_from a local HF GPT-2, block size cropped."""
+    config = experiment(
+        stdlib_shards.out_dir,
+        tmp_path / "ft",
+        data={"tokenizer": "gpt2"},
+        model={"block_size": 32, "dropout": 0.1},
+        train={
+            "init_from": str(hf_dir),
+            "max_iters": 3,
+            "lr_decay_iters": 3,
+            "learning_rate": 1e-4,
+            "min_lr": 1e-5,
+        },
+    )
+    result = train(config)
+    model, meta = load_model(result.final_model)
+    assert (model.config.n_embd, model.config.block_size, model.config.vocab_size) == (
+        64,
+        32,
+        50257,
+    )
+    assert meta.tokenizer == "gpt2" and meta.step == 3
+    # it started from the HF weights: the first eval is the HF model's own loss on that data
+    first = next(r for r in read_metrics(tmp_path / "ft") if "val_loss" in r)
+    assert first["val_loss"] == pytest.approx(
+        10.82, abs=0.3
+    )  # a random 50257-way GPT-2: ~ln(50257)
+    moved = (model.transformer.wte.weight[:50257] - hf_model.transformer.wte.weight).abs().max()
+    assert 0 < float(moved) < 0.01  # three small steps away from the pretrained weights
