@@ -91,3 +91,32 @@ def byte_shards(ray_session, tmp_path_factory):
         out_dir=str(out), tokenizer="byte", include=["*/json/*", "*/email/*"], overwrite=True
     )
     return prepare_dataset(options).out_dir
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(ray_session, byte_shards, tmp_path_factory):
+    """A small byte-level GPT trained for real on stdlib code (quantization and serving use it)."""
+    from raygpt.config import experiment_from_dict
+    from raygpt.train.launch import plan_training, run_training
+
+    out = tmp_path_factory.mktemp("trained_tiny") / "run"
+    config = experiment_from_dict(
+        {
+            "model": {"n_layer": 2, "n_head": 4, "n_embd": 128, "block_size": 64, "bias": False},
+            "data": {"dataset": str(byte_shards), "tokenizer": "byte"},
+            "train": {
+                "out_dir": str(out),
+                "max_iters": 150,
+                "batch_size": 16,
+                "learning_rate": 3e-3,
+                "min_lr": 3e-4,
+                "warmup_iters": 10,
+                "eval_interval": 150,
+                "eval_iters": 4,
+                "log_interval": 50,
+                "dtype": "float32",
+            },
+            "scaling": {"num_workers": 1, "cpus_per_worker": 1},
+        }
+    )
+    return run_training(plan_training(config)).final_model

@@ -73,6 +73,11 @@ def load_checkpoint(
     if not weights.is_file():
         raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
     state = read_safetensors(weights, device)
+    quantization = meta.extra.get("quantization")
+    if quantization:
+        from raygpt.quantize import load_int8_state
+
+        return load_int8_state(meta.model, state, quantization["method"], str(weights)), meta
     return model_from_state_dict(meta.model, state, str(weights)), meta
 
 

@@ -174,8 +174,9 @@ class GPT(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear) and module is not self.lm_head:
                 module.weight.data = module.weight.data.t().contiguous().t()
-        wte = self.transformer.wte.weight  # also the tied output head
-        wte.data = wte.data.t().contiguous().t()
+        if isinstance(self.transformer.wte, nn.Embedding):  # INT8 models have their own
+            wte = self.transformer.wte.weight  # also the tied output head
+            wte.data = wte.data.t().contiguous().t()
         return self
 
     def crop_block_size(self, block_size: int) -> None:
@@ -219,7 +220,7 @@ class GPT(nn.Module):
         finished = torch.zeros(batch, dtype=torch.bool, device=idx.device)
         cache = None
         if use_cache:
-            param = self.lm_head.weight
+            param = self.transformer.wpe.weight  # float even when the matmuls are int8
             cache = KVCache(
                 self.config, batch, prompt_len + max_new_tokens, param.dtype, param.device
             )

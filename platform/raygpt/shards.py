@@ -33,6 +33,11 @@ LLMC_HEADER_INTS = 256
 IMPORT_CHUNK_TOKENS = 1 << 16
 
 
+def dataset_dir(dataset: str, tokenizer: str) -> Path:
+    """A config's `data.dataset` as a folder: 'stdlib' is prepared into data/stdlib_<tokenizer>."""
+    return Path("data") / f"stdlib_{tokenizer}" if dataset == "stdlib" else Path(dataset)
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 

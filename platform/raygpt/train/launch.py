@@ -18,13 +18,13 @@ from pathlib import Path
 
 from raygpt.checkpoint import read_model_config
 from raygpt.config import ExperimentConfig
+from raygpt.corpus import STDLIB
 from raygpt.data.stream import window_dataset, windows_available
 from raygpt.errors import CheckpointError, ConfigError, RaygptError
 from raygpt.run_log import plot_losses, read_metrics
-from raygpt.shards import MANIFEST, Manifest, read_manifest
+from raygpt.shards import MANIFEST, Manifest, dataset_dir, read_manifest
 from raygpt.train.loop import FAILURE_ENV, train_loop_per_worker
 
-STDLIB = "stdlib"
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
 
 
@@ -61,17 +61,11 @@ def plan_training(config: ExperimentConfig) -> TrainingPlan:
     elif train.init_from not in ("scratch", "resume"):
         init_weights = train.init_from
         config = _adopt_pretrained_config(config, init_weights)
-    data_dir = (
-        default_stdlib_dir(config) if config.data.dataset == STDLIB else Path(config.data.dataset)
-    )
+    data_dir = dataset_dir(config.data.dataset, config.data.tokenizer)
     plan = TrainingPlan(config, data_dir, run_dir, init_weights, resuming)
     if (data_dir / MANIFEST).is_file() or config.data.dataset != STDLIB:
         check_data(plan)
     return plan
-
-
-def default_stdlib_dir(config: ExperimentConfig) -> Path:
-    return Path("data") / f"stdlib_{config.data.tokenizer}"
 
 
 def check_data(plan: TrainingPlan) -> None:

@@ -1,0 +1,165 @@
+"""Measuring a checkpoint: val loss and perplexity, size on disk, peak memory, decode speed.
+
+Every model compared in one report sees the same val windows (the first ones of the val
+split, read straight from the shards) and decodes the same prompt, so the rows compare.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from raygpt.checkpoint import load_model, read_meta
+from raygpt.data.stream import cut_windows
+from raygpt.errors import RaygptError
+from raygpt.shards import dataset_dir, read_manifest
+
+
+@dataclass
+class EvalReport:
+    name: str
+    checkpoint: str
+    quantization: str | None
+    size_mb: float
+    val_loss: float
+    perplexity: float
+    peak_memory_mb: float | None
+    decode_tokens_per_s: dict[str, float]  # "batch 1", "batch 8"
+
+
+def training_dataset(checkpoint: str) -> Path:
+    """The dataset a raygpt checkpoint was trained on, from its metadata."""
+    try:
+        experiment = read_meta(Path(checkpoint)).train or {}
+        return dataset_dir(experiment["data"]["dataset"], experiment["data"]["tokenizer"])
+    except (KeyError, TypeError, RaygptError):
+        raise RaygptError(f"{checkpoint} does not record its dataset: pass --data") from None
+
+
+def val_windows(data_dir: Path, block_size: int, count: int) -> np.ndarray:
+    """The first `count` windows of the val split's token stream."""
+    manifest = read_manifest(data_dir)
+    needed = count * block_size + 1
+    pieces, have = [], 0
+    for path in manifest.shard_paths(Path(data_dir), "val"):
+        tokens = pq.read_table(path).column("tokens").combine_chunks().values.to_numpy()
+        pieces.append(tokens)
+        have += len(tokens)
+        if have >= needed:
+            break
+    if not pieces:
+        raise RaygptError(f"{data_dir} has no val shards to evaluate on")
+    windows = cut_windows(np.concatenate(pieces), block_size)[:count]
+    if len(windows) == 0:
+        raise RaygptError(f"{data_dir}: the val split is shorter than one window of {block_size}")
+    return windows
+
+
+@torch.no_grad()
+def mean_loss(model, windows: np.ndarray, batch_size: int = 8) -> float:
+    total, count = 0.0, 0
+    for start in range(0, len(windows), batch_size):
+        tokens = torch.from_numpy(windows[start : start + batch_size].astype(np.int64))
+        _, loss = model(tokens[:, :-1], tokens[:, 1:])
+        total += float(loss) * len(tokens)
+        count += len(tokens)
+    return total / count
+
+
+def decode_rate(model, batch: int, new_tokens: int, vocab: int, repeats: int = 3) -> float:
+    """Greedy decode tokens/s for `batch` sequences (warm-up and compilation excluded)."""
+    prompt = torch.randint(0, vocab, (batch, 16), generator=torch.Generator().manual_seed(0))
+    model.generate(prompt, 8, temperature=0)  # warm-up: allocator, thread pool, compilation
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = model.generate(prompt, new_tokens, temperature=0)
+        times.append(time.perf_counter() - start)
+    return batch * (out.shape[1] - prompt.shape[1]) / statistics.median(times)
+
+
+def folder_size_mb(path: Path) -> float:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 1e6
+
+
+def peak_memory_mb(checkpoint: str, new_tokens: int = 32) -> float | None:
+    """Peak resident memory of a fresh process that loads the checkpoint and decodes."""
+    result = subprocess.run(
+        [sys.executable, "-m", "raygpt.memory_probe", checkpoint, str(new_tokens)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mb"]
+
+
+def evaluate_checkpoint(
+    name: str,
+    checkpoint: str,
+    windows: np.ndarray,
+    new_tokens: int = 64,
+    batches: tuple[int, ...] = (1, 8),
+    memory: bool = True,
+) -> EvalReport:
+    model, meta = load_model(checkpoint)
+    quantization = (meta.extra.get("quantization") or {}).get("method")
+    if quantization is None:
+        model.use_decode_layout()  # how fp32 models are served on CPU
+    loss = mean_loss(model, windows)
+    rates = {
+        f"batch {b}": decode_rate(model, b, new_tokens, model.config.vocab_size) for b in batches
+    }
+    return EvalReport(
+        name=name,
+        checkpoint=str(checkpoint),
+        quantization=quantization,
+        size_mb=folder_size_mb(Path(checkpoint)),
+        val_loss=loss,
+        perplexity=math.exp(loss),
+        peak_memory_mb=peak_memory_mb(str(checkpoint)) if memory else None,
+        decode_tokens_per_s=rates,
+    )
+
+
+def comparison_table(reports: list[EvalReport]) -> str:
+    batches = list(reports[0].decode_tokens_per_s)
+    head = f"{'model':10} {'size MB':>9} {'val loss':>9} {'ppl':>8} {'peak MB':>8}"
+    head += "".join(f" {'tok/s ' + b.removeprefix('batch '):>9}" for b in batches)
+    head = head.replace("tok/s 1", "tok/s b1").replace("tok/s 8", "tok/s b8")
+    lines = [head]
+    for r in reports:
+        peak = "n/a" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f}"
+        line = f"{r.name:10} {r.size_mb:9.2f} {r.val_loss:9.4f} {r.perplexity:8.2f} {peak:>8}"
+        line += "".join(f" {r.decode_tokens_per_s[b]:9.1f}" for b in batches)
+        lines.append(line)
+    if len(reports) == 2:
+        base, other = reports
+        lines.append(
+            f"{other.name} vs {base.name}: val loss {relative_change(base.val_loss, other.val_loss):+.3%}, "
+            f"{base.size_mb / other.size_mb:.2f}x smaller, decode "
+            + ", ".join(
+                f"{b} {other.decode_tokens_per_s[b] / base.decode_tokens_per_s[b]:.2f}x"
+                for b in batches
+            )
+        )
+    return "\n".join(lines)
+
+
+def relative_change(base: float, other: float) -> float:
+    return (other - base) / base
+
+
+def write_report(path: Path, reports: list[EvalReport]) -> None:
+    path.write_text(json.dumps([asdict(r) for r in reports], indent=2) + "\n")

@@ -1,0 +1,35 @@
+"""`python -m raygpt.memory_probe CHECKPOINT [NEW_TOKENS]`: peak RSS of loading and decoding.
+
+Run in a fresh process by raygpt.evaluation, so one model's memory never counts for another.
+Prints {"peak_mb": ..., "baseline_mb": ...}: the process's peak resident memory (torch's
+runtime included), and what it held after imports, before the model was loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+
+import torch
+
+from raygpt.checkpoint import load_model
+
+
+def _rss_peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def main() -> None:
+    checkpoint, new_tokens = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 32
+    baseline = _rss_peak_mb()
+    model, meta = load_model(checkpoint)
+    if not meta.extra.get("quantization"):
+        model.use_decode_layout()
+    prompt = torch.zeros(1, 16, dtype=torch.long)
+    model.generate(prompt, new_tokens, temperature=0)
+    print(json.dumps({"peak_mb": _rss_peak_mb(), "baseline_mb": baseline}))
+
+
+if __name__ == "__main__":
+    main()
