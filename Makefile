@@ -34,6 +34,9 @@ format: $(STAMP)
 
 bench: setup
 	$(PY) bench/bench_generate.py
+	$(PY) bench/bench_quantize.py
+	$(PY) bench/bench_tokenize.py --copies 10
+	$(PY) bench/bench_train.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -1,0 +1,72 @@
+"""FP32 vs INT8 decode on CPU, in one run: tokens/s at batch 1 and 8, and size on disk.
+
+The model is GPT-2 124M's shape with random weights (speed and size do not depend on what
+the weights learned; accuracy is measured on a trained model by jobs/quantize.py). FP32
+runs as raygpt serves it on CPU (use_decode_layout); INT8 is raygpt.quantize's
+weight-only path (torchao-quantized weights, compiled fused int8 matvec).
+
+    python bench/bench_quantize.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+
+from raygpt.checkpoint import CheckpointMeta, save_checkpoint
+from raygpt.config import ModelConfig
+from raygpt.evaluation import decode_rate
+from raygpt.model import GPT
+from raygpt.quantize import quantize_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n_layer", type=int, default=12)
+    parser.add_argument("--n_head", type=int, default=12)
+    parser.add_argument("--n_embd", type=int, default=768)
+    parser.add_argument("--new_tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = ModelConfig(
+        n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, activation="gelu_tanh"
+    )
+    torch.manual_seed(0)
+    fp32 = GPT(config).eval()
+    int8 = quantize_model(copy.deepcopy(fp32))
+    fp32.use_decode_layout()
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model, extra in (
+            ("fp32", fp32, {}),
+            ("int8 weight-only", int8, {"quantization": {"method": "int8-weight-only"}}),
+        ):
+            path = save_checkpoint(
+                Path(tmp) / name, model, CheckpointMeta(model=config, extra=extra)
+            )
+            size = (path / "model.safetensors").stat().st_size / 1e6
+            rates = [decode_rate(model, b, args.new_tokens, config.vocab_size) for b in (1, 8)]
+            rows.append((name, size, *rates))
+    print(
+        f"\nGPT {config.n_layer}L/{config.n_head}H/{config.n_embd} ({fp32.num_params() / 1e6:.1f}M), "
+        f"{args.new_tokens} new tokens, {args.threads} threads, CPU {platform.machine()}"
+    )
+    print(f"{'model':18} {'size MB':>9} {'tok/s b1':>9} {'tok/s b8':>9}")
+    for name, size, b1, b8 in rows:
+        print(f"{name:18} {size:9.1f} {b1:9.1f} {b8:9.1f}")
+    base, int8_row = rows
+    print(
+        f"int8 vs fp32: {base[1] / int8_row[1]:.2f}x smaller, "
+        f"batch 1 {int8_row[2] / base[2]:.2f}x, batch 8 {int8_row[3] / base[3]:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
