@@ -53,6 +53,9 @@ def main() -> None:
         )
     data = Path(args.data) if args.data else training_dataset(args.checkpoint)
     windows = val_windows(data, model.config.block_size, args.windows)  # checked before the work
+    source, target = Path(args.checkpoint).resolve(), Path(args.out).resolve()
+    if target == source or source in target.parents:
+        raise RaygptError(f"--out {args.out} must be outside the original checkpoint")
     out = fresh_output_dir(Path(args.out), args.overwrite)
 
     quantized = quantize_model(model, args.method)

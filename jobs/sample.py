@@ -49,6 +49,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.max_new_tokens < 1 or args.num_samples < 1:
         raise RaygptError("--max_new_tokens and --num_samples must be >= 1")
+    if not args.temperature >= 0:
+        raise RaygptError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise RaygptError(f"--top_p must be in (0, 1], got {args.top_p}")
 
     device = args.device
     if device == "auto":
@@ -60,6 +64,11 @@ def main() -> None:
     if name is None:
         raise RaygptError(f"{args.checkpoint} does not say its tokenizer; pass --tokenizer")
     tokenizer = get_tokenizer(name)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise RaygptError(
+            f"tokenizer '{name}' has {tokenizer.vocab_size} tokens but the model knows "
+            f"{model.config.vocab_size}: pass the tokenizer it was trained with"
+        )
     ids = tokenizer.encode(read_prompt(args.prompt)) or [tokenizer.eot_token]
     prompt = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)
     stop = () if args.no_stop else (tokenizer.eot_token,)

@@ -183,3 +183,16 @@ def test_every_shipped_config_validates():
         if path.name.startswith(("sweep_", "serve", "runtime_env")):
             continue
         load_experiment(path)
+
+
+def test_edge_inputs_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="train.learning_rate: expected a finite number"):
+        load_experiment(write(tmp_path, "train: {learning_rate: .nan}"))
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_experiment(write(tmp_path, "- 1\n- 2\n"), ["model.n_layer=2"])
+    # an empty section takes overrides like a missing one
+    assert load_experiment(write(tmp_path, "model:\n"), ["model.n_layer=3"]).model.n_layer == 3
+    with pytest.raises(ConfigError, match=r"f.py:1: n_layer: division by zero"):
+        load_experiment(write(tmp_path, "n_layer = 1 / 0\n", "f.py"))
+    with pytest.raises(ConfigError, match=r"g.py:1: n_layer: exponent 10000000000 is out of range"):
+        load_experiment(write(tmp_path, "n_layer = 10 ** 10 ** 10\n", "g.py"))

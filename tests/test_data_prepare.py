@@ -146,6 +146,17 @@ def test_jsonl_and_parquet_text_columns(ray_session, tmp_path):
     manifest = result.manifest
     assert manifest.files_read == 20
     assert sum(s.documents for s in manifest.splits.values()) == 20
+    # files and table rows in one run
+    make_corpus(tmp_path / "src")
+    mixed = prepare_dataset(
+        PrepareOptions(
+            out_dir=str(tmp_path / "mixed"),
+            inputs=[str(tmp_path / "src" / "pkg" / "a.py"), str(jsonl), str(parquet)],
+            text_column="content",
+        )
+    )
+    assert mixed.manifest.files_read == 21
+    assert sum(s.documents for s in mixed.manifest.splits.values()) == 21
     with pytest.raises(RaygptError, match="has no column 'text'"):
         prepare_dataset(PrepareOptions(out_dir=str(tmp_path / "x"), inputs=[str(parquet)]))
 

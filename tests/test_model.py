@@ -156,3 +156,10 @@ def test_decode_layout_changes_memory_layout_not_results():
         after_logits, _ = model(idx)
     assert torch.allclose(before_logits, after_logits, atol=1e-5)
     assert torch.equal(model.generate(prompt, 30, temperature=0), before)
+
+
+def test_sampling_rejects_impossible_parameters():
+    logits = torch.zeros(1, 10)
+    for bad in (dict(top_p=0.0), dict(top_p=1.5), dict(temperature=-1.0), dict(top_k=-2)):
+        with pytest.raises(ValueError):
+            sample_next_token(logits, **bad)

@@ -112,3 +112,15 @@ def test_quantize_job_bad_checkpoints(tmp_path):
         result.returncode == 2
         and "raygpt.json is corrupt" in result.stderr.strip().splitlines()[-1]
     )
+
+
+def test_int8_checkpoints_are_not_exported_or_trained_from(trained_tiny, tmp_path):
+    int8 = int8_copy(trained_tiny, tmp_path)
+    result = run_job(
+        "convert.py", "--checkpoint", str(int8), "--out", str(tmp_path / "hf"), "--to", "hf"
+    )
+    assert result.returncode == 2 and "cannot be exported" in result.stderr.strip().splitlines()[-1]
+    inside = run_job(
+        "quantize.py", "--checkpoint", str(trained_tiny), "--out", str(trained_tiny / "int8")
+    )
+    assert inside.returncode == 2 and "must be outside" in inside.stderr.strip().splitlines()[-1]

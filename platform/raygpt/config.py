@@ -7,8 +7,10 @@ ConfigError that names the key and where it came from (the file or the override)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -187,13 +189,17 @@ def load_experiment(path: str | Path, overrides: typing.Sequence[str] = ()) -> E
         raw = read_nanogpt_config(path)
     else:
         raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections {list(SECTIONS)}")
     origins: dict[str, str] = {}
     for text in overrides:
         key, value = parse_override(text)
         section, _, name = key.partition(".")
-        if not isinstance(raw.get(section, {}), dict):
+        if raw.get(section) is None:
+            raw[section] = {}
+        if not isinstance(raw[section], dict):
             raise ConfigError(f"override '{text}': section '{section}' is not a mapping")
-        raw.setdefault(section, {})[name] = value
+        raw[section][name] = value
         origins[key] = f"override '{text}'"
     return experiment_from_dict(raw, source=str(path), origins=origins)
 
@@ -301,14 +307,15 @@ def _coerce(value: Any, hint: Any) -> Any:
     if hint is float:
         if isinstance(value, bool):
             raise ValueError(f"expected a number, got {value!r}")
+        number = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `6e-4` (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ValueError(f"expected a number, got {value!r}")
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads `6e-4` (no dot) as a string
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None or not math.isfinite(number):
+            raise ValueError(f"expected a finite number, got {value!r}")
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise ValueError(f"expected a string, got {value!r}")

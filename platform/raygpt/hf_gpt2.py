@@ -48,6 +48,10 @@ def load_hf_gpt2(directory: Path, device: torch.device | str = "cpu") -> tuple[G
 
 def export_hf_gpt2(model: GPT, meta: CheckpointMeta, directory: str | Path) -> Path:
     """Write `model` as an HF GPT-2 folder (GPT2LMHeadModel: config.json + model.safetensors)."""
+    if getattr(model, "quantization", None):
+        raise CheckpointError(
+            "an INT8 checkpoint cannot be exported to HF GPT-2: export the original"
+        )
     config = model.config
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -107,7 +111,9 @@ def hf_model_config(directory: Path) -> ModelConfig:
         hf = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is corrupt: {err}") from None
-    if not isinstance(hf, dict) or hf.get("model_type") != "gpt2":
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{path} is not a JSON object")
+    if hf.get("model_type") != "gpt2":
         raise CheckpointError(f"{path}: model_type is {hf.get('model_type')!r}, expected 'gpt2'")
     unsupported = {
         "scale_attn_weights": (False, "unscaled attention"),

@@ -94,7 +94,7 @@ def read_nanogpt_config(path: str | Path) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"{path}:{node.lineno}: unknown nanoGPT setting '{name}'")
         try:
             value = _evaluate(node.value, names)
-        except ValueError as err:
+        except (ValueError, TypeError, ArithmeticError) as err:
             raise ConfigError(f"{path}:{node.lineno}: {name}: {err}") from None
         names[name] = value
         section, key = NANOGPT_KEYS[name].split(".")
@@ -112,7 +112,10 @@ def _evaluate(node: ast.AST, names: dict[str, Any]) -> Any:
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _UNARY[type(node.op)](_evaluate(node.operand, names))
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        return _BINARY[type(node.op)](_evaluate(node.left, names), _evaluate(node.right, names))
+        left, right = _evaluate(node.left, names), _evaluate(node.right, names)
+        if isinstance(node.op, ast.Pow) and abs(right) > 64:
+            raise ValueError(f"exponent {right} is out of range for a config value")
+        return _BINARY[type(node.op)](left, right)
     raise ValueError(
         f"cannot evaluate `{ast.unparse(node)}` without executing it; use a literal value"
     )

@@ -100,7 +100,7 @@ def read_manifest(root: str | Path) -> Manifest:
         ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RaygptError(f"{path} is corrupt: {err}") from None
-    if raw.get("format") != FORMAT:
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise RaygptError(f"{path} is not a raygpt shard manifest")
     try:
         splits = {name: SplitStats(**stats) for name, stats in raw["splits"].items()}

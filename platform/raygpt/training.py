@@ -26,6 +26,7 @@ PEAK_FLOPS: list[tuple[str, dict[str, float]]] = [
     ("H100", {"bfloat16": 989e12, "float16": 989e12, "float32": 494.5e12}),
     ("A100", {"bfloat16": 312e12, "float16": 312e12, "float32": 156e12}),
     ("L40S", {"bfloat16": 362e12, "float16": 362e12, "float32": 183e12}),
+    ("L40", {"bfloat16": 181e12, "float16": 181e12, "float32": 90.5e12}),
     ("L4", {"bfloat16": 121e12, "float16": 121e12, "float32": 60e12}),
     ("A10", {"bfloat16": 125e12, "float16": 125e12, "float32": 62.5e12}),
     ("V100", {"float16": 125e12, "float32": 15.7e12}),

@@ -67,7 +67,9 @@ class PrepareOptions:
         if not 0.0 <= self.val_fraction < 1.0:
             raise RaygptError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.min_chars < 0 or (self.max_chars is not None and self.max_chars < self.min_chars):
-            raise RaygptError(f"bad size filter: min_chars={self.min_chars}, max_chars={self.max_chars}")
+            raise RaygptError(
+                f"bad size filter: min_chars={self.min_chars}, max_chars={self.max_chars}"
+            )
         if self.shard_tokens < 1:
             raise RaygptError(f"--shard-tokens must be >= 1, got {self.shard_tokens}")
         if self.tokenizer_actors is not None and self.tokenizer_actors < 1:
@@ -100,10 +102,14 @@ class DocumentTokenizer:
         self.val_fraction, self.min_chars, self.max_chars = val_fraction, min_chars, max_chars
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        if "bytes" in batch.column_names:  # table rows, already read
-            raw = batch.column("bytes").to_pylist()
-        else:  # files: read here, so raw bytes never travel through the object store
-            raw = [_read_file(path) for path in batch.column("path").to_pylist()]
+        paths = batch.column("path").to_pylist()
+        # Table rows arrive as bytes, file rows as paths (with null bytes where a batch mixes
+        # both): files are read here, so raw files never travel through the object store.
+        given = batch.column("bytes").to_pylist() if "bytes" in batch.column_names else paths
+        raw = [
+            data if isinstance(data, bytes) else _read_file(path)
+            for data, path in zip(given, paths, strict=True)
+        ]
         statuses, hashes, splits, lengths, pieces = [], [], [], [], []
         eot = np.array([self.tokenizer.eot_token], dtype=self.dtype)
         for data in raw:

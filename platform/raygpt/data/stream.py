@@ -16,7 +16,9 @@ import pyarrow as pa
 from raygpt.errors import RaygptError
 from raygpt.shards import read_manifest
 
-DOCS_PER_WINDOW_BATCH = 256  # documents joined before cutting: the tail lost per batch is < 1 window
+DOCS_PER_WINDOW_BATCH = (
+    256  # documents joined before cutting: the tail lost per batch is < 1 window
+)
 
 
 def cut_windows(tokens: np.ndarray, block_size: int) -> np.ndarray:
@@ -34,9 +36,7 @@ def windows_of_batch(batch: pa.Table, block_size: int) -> dict[str, np.ndarray]:
     return {"window": cut_windows(stream, block_size)}
 
 
-def window_dataset(
-    root: str | Path, split: str, block_size: int, shuffle_seed: int | None = None
-):
+def window_dataset(root: str | Path, split: str, block_size: int, shuffle_seed: int | None = None):
     """A Ray Dataset of `window` rows (block_size + 1 tokens each) over one split's shards.
 
     With a seed, the shard blocks are read in a seeded random order; pass a per-epoch seed

@@ -78,11 +78,20 @@ def rank_steps(
 def fixed_batches(
     iterator, batch_size: int, count: int, rank: int, world_size: int
 ) -> list[np.ndarray]:
-    """The first `count` batches of an unshuffled stream, strided across ranks (for eval)."""
-    mine = []
-    for index, windows in enumerate(epoch_windows(iterator, batch_size, seed=0, shuffle_buffer=0)):
-        if index >= count:
+    """The first `count` batches of an unshuffled stream, strided across ranks (for eval).
+
+    Every rank gets the same number (FSDP's forward is a collective): `count` rounded down
+    to a multiple of world_size, or fewer if the stream is shorter.
+    """
+    first = []
+    for windows in epoch_windows(iterator, batch_size, seed=0, shuffle_buffer=0):
+        if len(first) == count:
             break
-        if index % world_size == rank:
-            mine.append(windows)
-    return mine
+        first.append(windows)
+    usable = len(first) // world_size * world_size
+    if usable == 0:
+        raise ValueError(
+            f"the val split yields {len(first)} batches of {batch_size}: fewer than the "
+            f"{world_size} workers need (one each); lower train.batch_size"
+        )
+    return first[rank:usable:world_size]

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from raygpt.checkpoint import read_model_config
+from raygpt.checkpoint import checkpoint_format, read_meta, read_model_config
 from raygpt.config import ExperimentConfig
 from raygpt.corpus import STDLIB
 from raygpt.data.stream import window_dataset, windows_available
@@ -202,6 +202,8 @@ def _adopt_pretrained_config(config: ExperimentConfig, path: str) -> ExperimentC
     """Fine-tuning keeps the pretrained architecture; the run sets block size (≤) and dropout."""
     try:
         pretrained = read_model_config(path)
+        if checkpoint_format(path) == "raygpt" and read_meta(Path(path)).extra.get("quantization"):
+            raise CheckpointError(f"{path} is INT8 (for serving): train from the original weights")
     except CheckpointError as err:
         raise ConfigError(f"train.init_from: {err}") from None
     block = min(config.model.block_size, pretrained.block_size)

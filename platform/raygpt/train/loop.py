@@ -96,10 +96,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
     def evaluate() -> float:
         total, count = evaluate_loss(wrapped, val_batches, precision)
-        summed = torch.tensor([total, count], dtype=torch.float64)
+        summed = torch.tensor([total, count], dtype=torch.float64, device=device)
         if world > 1:
             dist.all_reduce(summed)
-        return float(summed[0] / max(summed[1], 1))
+        return float(summed[0] / summed[1])
 
     def report(record: dict[str, Any], save: bool) -> None:
         checkpoint = None
@@ -132,7 +132,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     last_time, last_logged = 0.0, state.step
     start_of_data = time.perf_counter()
     while state.step < train.max_iters:
-        epoch_start = state.step
+        epoch_start, fresh_epoch = state.step, state.batches_into_epoch == 0
         windows = epoch_windows(
             train_data, train.batch_size, train.seed + state.epoch, train.shuffle_buffer
         )
@@ -187,7 +187,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             if final:
                 break
         else:  # the epoch's stream ran out: next epoch, new shuffle
-            if state.step == epoch_start:
+            if state.step == epoch_start and fresh_epoch:  # (a resume at an epoch's end rolls over)
                 raise RuntimeError(
                     "the train split has fewer windows than one optimizer step needs"
                 )

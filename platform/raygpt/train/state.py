@@ -12,6 +12,7 @@ the same way for a plain model, DDP and FSDP.
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,9 @@ def restore_training_checkpoint(
         weights[TIED_HEAD] = weights["transformer.wte.weight"]
         optimizer_state = torch.load(directory / OPTIMIZER_FILE, weights_only=True)
         raw = json.loads((directory / STATE_FILE).read_text())
-    except (OSError, KeyError, json.JSONDecodeError, RuntimeError) as err:
+        state = TrainState(**raw)
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError, pickle.UnpicklingError) as err:
         raise CheckpointError(f"cannot resume from {directory}: {err}") from None
     set_model_state_dict(model, weights, options=FULL)
     set_optimizer_state_dict(model, optimizer, optimizer_state, options=FULL)
-    return TrainState(**raw)
+    return state
