@@ -163,6 +163,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = (time.perf_counter() - last_time) / (state.step - last_logged)
+            if world > 1:  # the step's loss over every rank's micro-batches, not rank 0's alone
+                summed = torch.tensor(loss, dtype=torch.float64, device=device)
+                dist.all_reduce(summed)
+                loss = float(summed) / world
             record = {
                 "step": state.step,
                 "loss": loss,

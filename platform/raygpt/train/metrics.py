@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 GAUGES = {
-    "loss": "training loss (mean over the step's micro-batches)",
+    "loss": "training loss (mean over the step's micro-batches on every worker)",
     "val_loss": "validation loss",
     "lr": "learning rate",
     "tokens_per_s": "training throughput, all workers",
