@@ -25,10 +25,9 @@ import pyarrow.parquet as pq
 import torch
 
 from raygpt.config import experiment_from_dict
-from raygpt.data.stream import cut_windows
 from raygpt.model import GPT
 from raygpt.run_log import read_metrics
-from raygpt.shards import read_manifest
+from raygpt.shards import cut_windows, read_manifest
 from raygpt.training import (
     choose_precision,
     configure_optimizer,

@@ -20,9 +20,8 @@ import pyarrow.parquet as pq
 import torch
 
 from raygpt.checkpoint import load_model, read_meta
-from raygpt.data.stream import cut_windows
 from raygpt.errors import RaygptError
-from raygpt.shards import dataset_dir, read_manifest
+from raygpt.shards import cut_windows, dataset_dir, read_manifest
 
 
 @dataclass

@@ -184,6 +184,15 @@ def fresh_output_dir(out: Path, overwrite: bool) -> Path:
     return out
 
 
+def cut_windows(tokens: np.ndarray, block_size: int) -> np.ndarray:
+    """Non-overlapping windows of block_size + 1 tokens (neighbours share one token)."""
+    count = (len(tokens) - 1) // block_size
+    if count <= 0:
+        return np.empty((0, block_size + 1), dtype=tokens.dtype)
+    starts = np.arange(count) * block_size
+    return tokens[starts[:, None] + np.arange(block_size + 1)]
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

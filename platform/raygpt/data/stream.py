@@ -14,20 +14,11 @@ import numpy as np
 import pyarrow as pa
 
 from raygpt.errors import RaygptError
-from raygpt.shards import read_manifest
+from raygpt.shards import cut_windows, read_manifest
 
 DOCS_PER_WINDOW_BATCH = (
     256  # documents joined before cutting: the tail lost per batch is < 1 window
 )
-
-
-def cut_windows(tokens: np.ndarray, block_size: int) -> np.ndarray:
-    """Non-overlapping windows of block_size + 1 tokens (neighbours share one token)."""
-    count = (len(tokens) - 1) // block_size
-    if count <= 0:
-        return np.empty((0, block_size + 1), dtype=tokens.dtype)
-    starts = np.arange(count) * block_size
-    return tokens[starts[:, None] + np.arange(block_size + 1)]
 
 
 def windows_of_batch(batch: pa.Table, block_size: int) -> dict[str, np.ndarray]:
