@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from raygpt.checkpoint import load_model
+from raygpt.checkpoint import load_for_inference
 from raygpt.cli import run_cli
 from raygpt.errors import RaygptError
 from raygpt.tokenizer import TOKENIZER_NAMES, get_tokenizer
@@ -57,9 +57,7 @@ def main() -> None:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, meta = load_model(args.checkpoint, device)
-    if device == "cpu":
-        model.use_decode_layout()
+    model, meta = load_for_inference(args.checkpoint, device)
     name = args.tokenizer or meta.tokenizer
     if name is None:
         raise RaygptError(f"{args.checkpoint} does not say its tokenizer; pass --tokenizer")

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from raygpt.checkpoint import load_model, read_meta
+from raygpt.checkpoint import load_for_inference, read_meta
 from raygpt.errors import RaygptError
 from raygpt.shards import cut_windows, dataset_dir, read_manifest
 
@@ -112,10 +112,8 @@ def evaluate_checkpoint(
     batches: tuple[int, ...] = (1, 8),
     memory: bool = True,
 ) -> EvalReport:
-    model, meta = load_model(checkpoint)
+    model, meta = load_for_inference(checkpoint)  # as it is served
     quantization = (meta.extra.get("quantization") or {}).get("method")
-    if quantization is None:
-        model.use_decode_layout()  # how fp32 models are served on CPU
     loss = mean_loss(model, windows)
     rates = {
         f"batch {b}": decode_rate(model, b, new_tokens, model.config.vocab_size) for b in batches

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from raygpt.checkpoint import load_model
+from raygpt.checkpoint import load_for_inference
 
 
 def _rss_peak_mb() -> float:
@@ -23,9 +23,7 @@ def _rss_peak_mb() -> float:
 def main() -> None:
     checkpoint, new_tokens = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 32
     baseline = _rss_peak_mb()
-    model, meta = load_model(checkpoint)
-    if not meta.extra.get("quantization"):
-        model.use_decode_layout()
+    model, _ = load_for_inference(checkpoint)
     prompt = torch.zeros(1, 16, dtype=torch.long)
     model.generate(prompt, new_tokens, temperature=0)
     print(json.dumps({"peak_mb": _rss_peak_mb(), "baseline_mb": baseline}))
