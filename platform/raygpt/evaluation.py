@@ -133,8 +133,7 @@ def evaluate_checkpoint(
 def comparison_table(reports: list[EvalReport]) -> str:
     batches = list(reports[0].decode_tokens_per_s)
     head = f"{'model':10} {'size MB':>9} {'val loss':>9} {'ppl':>8} {'peak MB':>8}"
-    head += "".join(f" {'tok/s ' + b.removeprefix('batch '):>9}" for b in batches)
-    head = head.replace("tok/s 1", "tok/s b1").replace("tok/s 8", "tok/s b8")
+    head += "".join(f" {'tok/s b' + b.removeprefix('batch '):>9}" for b in batches)
     lines = [head]
     for r in reports:
         peak = "n/a" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f}"

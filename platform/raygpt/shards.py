@@ -76,6 +76,11 @@ class Manifest:
             "extra": self.extra,
         }
 
+    def windows(self, split: str, block_size: int) -> int:
+        """Upper bound on a split's training windows of block_size, to check a config early."""
+        stats = self.splits.get(split)
+        return 0 if stats is None else max(0, (stats.tokens - 1) // block_size)
+
     def shard_paths(self, root: Path, split: str) -> list[str]:
         return [str(root / shard["file"]) for shard in self.splits[split].shards]
 

@@ -52,9 +52,3 @@ def window_dataset(root: str | Path, split: str, block_size: int, shuffle_seed: 
         batch_size=DOCS_PER_WINDOW_BATCH,
         num_cpus=0.25,  # light numpy work; leaves CPUs to the training workers
     )
-
-
-def windows_available(root: str | Path, split: str, block_size: int) -> int:
-    """Upper bound on the windows of a split (from the manifest), to check a config early."""
-    stats = read_manifest(root).splits.get(split)
-    return 0 if stats is None else max(0, (stats.tokens - 1) // block_size)

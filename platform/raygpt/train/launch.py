@@ -19,7 +19,7 @@ from pathlib import Path
 from raygpt.checkpoint import checkpoint_format, read_meta, read_model_config
 from raygpt.config import ExperimentConfig
 from raygpt.corpus import STDLIB
-from raygpt.data.stream import window_dataset, windows_available
+from raygpt.data.stream import window_dataset
 from raygpt.errors import CheckpointError, ConfigError, RaygptError
 from raygpt.run_log import plot_losses, read_metrics
 from raygpt.shards import MANIFEST, Manifest, dataset_dir, read_manifest
@@ -89,17 +89,18 @@ def check_data(plan: TrainingPlan) -> None:
         )
     train, scaling, block = plan.config.train, plan.config.scaling, plan.config.model.block_size
     per_step = scaling.num_workers * train.gradient_accumulation_steps * train.batch_size
-    have = windows_available(plan.data_dir, "train", block)
+    have = manifest.windows("train", block)
     if have < per_step:
         raise ConfigError(
             f"train.batch_size: one step needs {per_step} windows of block_size={block} "
             f"(num_workers x gradient_accumulation_steps x batch_size) but {plan.data_dir} "
             f"has only {have} in its train split; lower the batch or block size"
         )
-    if windows_available(plan.data_dir, "val", block) < train.batch_size:
+    val_windows = manifest.windows("val", block)
+    if val_windows < train.batch_size:
         raise ConfigError(
             f"train.batch_size={train.batch_size} is more than the {plan.data_dir} val split "
-            f"holds ({windows_available(plan.data_dir, 'val', block)} windows of {block})"
+            f"holds ({val_windows} windows of {block})"
         )
     plan.manifest = manifest
 
