@@ -118,7 +118,7 @@ def test_crop_block_size():
         after, _ = model(idx)
     assert torch.equal(before, after)
     assert model.transformer.wpe.weight.shape[0] == 32
-    with pytest.raises(ValueError, match="exceed block_size=32"):
+    with pytest.raises(ValueError, match="exceeds block_size=32"):
         model(torch.zeros(1, 33, dtype=torch.long))
 
 

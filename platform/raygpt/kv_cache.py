@@ -35,3 +35,16 @@ class KVCache:
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.keys[index], self.values[index]
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A cache over rows start..stop-1 that shares this one's memory (prefill of one slot)."""
+        view = KVCache.__new__(KVCache)
+        view.max_len = self.max_len
+        view.keys = [k[start:stop] for k in self.keys]
+        view.values = [v[start:stop] for v in self.values]
+        return view
+
+    def copy_row(self, source: int, target: int, length: int) -> None:
+        """Copy the first `length` positions of row `source` into row `target`, every layer."""
+        for cache in (*self.keys, *self.values):
+            cache[target, :, :length] = cache[source, :, :length]

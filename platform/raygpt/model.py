@@ -23,6 +23,19 @@ from raygpt.sampling import sample_next_token
 LayerCache = tuple[torch.Tensor, torch.Tensor]
 
 
+class RowPositions:
+    """Where each row's single new token goes when rows sit at different lengths (batched
+    decode of independent sequences): row b writes cache position `positions[b]` and attends
+    to positions 0..positions[b] only, whatever stale values lie beyond in its cache row."""
+
+    def __init__(self, positions: torch.Tensor) -> None:
+        self.positions = positions
+        self.rows = torch.arange(positions.numel(), device=positions.device)
+        self.end = int(positions.max()) + 1  # one host sync per step, not one per layer
+        keys = torch.arange(self.end, device=positions.device)
+        self.mask = (keys <= positions[:, None])[:, None, None, :]  # (B, 1, 1, end)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -32,20 +45,27 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: LayerCache | None, start_pos: int) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: LayerCache | None, start_pos: int | RowPositions
+    ) -> torch.Tensor:
         B, T, C = x.shape
         # (B, T, 3C) -> three (B, n_head, T, head_dim)
         q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         mask, causal = None, True
-        if cache is not None:
+        if isinstance(start_pos, RowPositions):  # one new token per row, each at its own position
+            cache_k, cache_v = cache
+            cache_k[start_pos.rows, :, start_pos.positions] = k[:, :, 0]
+            cache_v[start_pos.rows, :, start_pos.positions] = v[:, :, 0]
+            k, v = cache_k[:B, :, : start_pos.end], cache_v[:B, :, : start_pos.end]
+            mask, causal = start_pos.mask, False
+        elif cache is not None:
             end = start_pos + T
             cache_k, cache_v = cache
             cache_k[:B, :, start_pos:end] = k
             cache_v[:B, :, start_pos:end] = v
             k, v = cache_k[:B, :, :end], cache_v[:B, :, :end]
-            if (
-                start_pos > 0
-            ):  # new queries see every cached position and the causal part of their own
+            if start_pos > 0:
+                # new queries see every cached position and the causal part of their own
                 causal = False
                 if T > 1:
                     mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(start_pos)
@@ -83,13 +103,15 @@ class Block(nn.Module):
         self.activation_checkpointing = False  # set by training.set_activation_checkpointing
 
     def forward(
-        self, x: torch.Tensor, cache: LayerCache | None = None, start_pos: int = 0
+        self, x: torch.Tensor, cache: LayerCache | None = None, start_pos: int | RowPositions = 0
     ) -> torch.Tensor:
         if self.activation_checkpointing and self.training and cache is None:
             return checkpoint(self._forward, x, None, 0, use_reentrant=False)
         return self._forward(x, cache, start_pos)
 
-    def _forward(self, x: torch.Tensor, cache: LayerCache | None, start_pos: int) -> torch.Tensor:
+    def _forward(
+        self, x: torch.Tensor, cache: LayerCache | None, start_pos: int | RowPositions
+    ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, start_pos)
         return x + self.mlp(self.ln_2(x))
 
@@ -134,21 +156,30 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         *,
         cache: KVCache | None = None,
-        start_pos: int = 0,
+        start_pos: int | torch.Tensor = 0,
         last_logits_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits over the padded vocabulary, and the mean cross-entropy when targets are given.
 
         With a cache, `idx` holds positions start_pos.. of each sequence; their keys and values
-        are written into the cache and attention reads everything before them from it.
-        Targets of -1 are ignored.
+        are written into the cache and attention reads everything before them from it. A
+        tensor `start_pos` (one position per row, with `idx` of shape (B, 1)) decodes rows of
+        different lengths together: continuous batching. Targets of -1 are ignored.
         """
-        _, T = idx.shape
-        if start_pos + T > self.config.block_size:
-            raise ValueError(
-                f"positions {start_pos}..{start_pos + T - 1} exceed block_size={self.config.block_size}"
-            )
-        pos = torch.arange(start_pos, start_pos + T, dtype=torch.long, device=idx.device)
+        B, T = idx.shape
+        if isinstance(start_pos, torch.Tensor):
+            if cache is None or T != 1 or start_pos.shape != (B,):
+                raise ValueError(
+                    "per-row positions need a cache, one token per row, (B,) positions"
+                )
+            start_pos = RowPositions(start_pos)
+            last = start_pos.end - 1
+            pos = start_pos.positions[:, None]
+        else:
+            last = start_pos + T - 1
+            pos = torch.arange(start_pos, start_pos + T, dtype=torch.long, device=idx.device)
+        if last >= self.config.block_size:
+            raise ValueError(f"position {last} exceeds block_size={self.config.block_size}")
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache.layer(i) if cache is not None else None, start_pos)
