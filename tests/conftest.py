@@ -14,6 +14,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # Local test clusters run without Ray's token auth; real clusters keep it on.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The serving tests' API key: set before Ray starts, so Serve replicas inherit it.
+os.environ.setdefault("RAYGPT_TEST_API_KEY", "raygpt-test-key")
 torch.set_num_threads(2)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,0 +1,1 @@
+"""Ray Serve applications: the completion service (ingress + generator) and its config."""

@@ -1,0 +1,43 @@
+"""The completion service as one deployment graph: Ingress -> Generator.
+
+    serve run serve_apps/serve_config.yaml
+    serve run serve_apps.app:build_app checkpoint=runs/tiny_cpu/final
+
+`build_app` is the application builder that serve_config.yaml names; its args are
+ServeSettings (checked before anything deploys, so a typo fails the deploy, not a replica).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from raygpt.checkpoint import checkpoint_format
+from serve_apps.generator import Generator
+from serve_apps.ingress import Ingress
+from serve_apps.settings import ServeSettings
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    settings = ServeSettings.model_validate(args)
+    checkpoint_format(settings.checkpoint)  # a wrong path fails here, before any replica starts
+    scaling = settings.autoscaling
+    generator = Generator.options(
+        ray_actor_options={"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus},
+        # The engine batches whatever a replica holds: let it hold its slots and a queue of
+        # as many again, then Serve routes elsewhere (or queues at the caller).
+        max_ongoing_requests=2 * settings.max_slots,
+        autoscaling_config={
+            "min_replicas": scaling.min_replicas,
+            "initial_replicas": max(1, scaling.min_replicas),
+            "max_replicas": scaling.max_replicas,
+            "target_ongoing_requests": scaling.target_ongoing_requests,
+            "upscale_delay_s": scaling.upscale_delay_s,
+            "downscale_delay_s": scaling.downscale_delay_s,
+        },
+    )
+    settings_dict = settings.model_dump()
+    return Ingress.options(ray_actor_options={"num_cpus": 0.1}).bind(
+        generator.bind(settings_dict), settings_dict
+    )

@@ -1,0 +1,151 @@
+"""The generator deployment: one GenerationEngine per replica, INT8 by default.
+
+Requests arrive as plain dicts of token ids and sampling settings (the ingress has
+tokenized and checked them) and leave as a stream of updates. The engine runs on its own
+thread; its per-token callbacks hop onto the replica's event loop through a queue, and
+whatever piled up since the last yield goes out as one chunk, so a busy replica sends
+fewer, larger chunks instead of falling behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import serve
+
+from raygpt.checkpoint import load_for_inference, load_model
+from raygpt.engine import GenerationEngine, GenerationRequest, GenerationUpdate
+from raygpt.quantize import is_quantized, quantize_model
+from raygpt.tokenizer import get_tokenizer
+from serve_apps.metrics import ServingMetrics
+from serve_apps.settings import ServeSettings
+
+
+@serve.deployment(name="Generator", health_check_period_s=10, health_check_timeout_s=30)
+class Generator:
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = ServeSettings.model_validate(settings)
+        self.device = _pick_device(self.settings.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(
+                self.settings.torch_threads or max(1, int(self.settings.num_cpus))
+            )
+        self.model, meta = self._load()
+        if meta.tokenizer is None:
+            raise ValueError(f"{self.settings.checkpoint}: the checkpoint names no tokenizer")
+        self.tokenizer = get_tokenizer(meta.tokenizer)
+        self.model_name = self.settings.model_name or Path(self.settings.checkpoint).name
+        self.engine = GenerationEngine(
+            self.model, self.tokenizer, self.settings.max_slots, self.settings.max_queue
+        )
+        self._warm_up()
+        self.engine.start()
+        self.metrics = ServingMetrics(self.model_name)
+        self._stop_metrics = self.metrics.watch(self.engine.stats)
+
+    def _load(self):
+        path, settings = self.settings.checkpoint, self.settings
+        if settings.quantize == "int8":
+            model, meta = load_model(path, self.device)
+            if not is_quantized(model):
+                model = quantize_model(model)
+            return model.eval(), meta
+        model, meta = load_for_inference(path, self.device)
+        if not is_quantized(model) and settings.dtype == "bfloat16":
+            model = model.to(torch.bfloat16)
+        return model, meta
+
+    def _warm_up(self) -> None:
+        """Run a batch of one, then of two, before taking traffic: compiled kernels (INT8 on
+        CPU) build here instead of inside the first user's request."""
+        done: list[GenerationUpdate] = []
+        for _ in range(2):
+            self.engine.submit(
+                GenerationRequest((self.tokenizer.eot_token,), 3, temperature=0),
+                lambda u: u.finish_reason and done.append(u),
+            )
+        while len(done) < 2:
+            self.engine.step()
+
+    async def generate(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Stream a request's updates: dicts of GenerationUpdate's fields."""
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue[GenerationUpdate] = asyncio.Queue()
+        arrived = time.perf_counter()
+        request_id = self.engine.submit(
+            GenerationRequest(
+                **{
+                    **request,
+                    "prompt": tuple(request["prompt"]),
+                    "stop": tuple(request.get("stop", ())),
+                }
+            ),
+            lambda update: loop.call_soon_threadsafe(updates.put_nowait, update),
+        )
+        finished, first_token = False, True
+        try:
+            while not finished:
+                pending = [await updates.get()]
+                while not updates.empty():
+                    pending.append(updates.get_nowait())
+                update = _merge(pending)
+                if update.token_ids:
+                    if first_token:
+                        self.metrics.time_to_first_token.observe(time.perf_counter() - arrived)
+                        first_token = False
+                    self.metrics.tokens.inc(len(update.token_ids))
+                finished = update.finish_reason is not None
+                yield dataclasses.asdict(update)
+        finally:
+            if not finished:  # the caller went away (client disconnect): free the slot now
+                self.engine.cancel(request_id)
+
+    def info(self) -> dict[str, Any]:
+        config = self.model.config
+        return {
+            "model": self.model_name,
+            "checkpoint": self.settings.checkpoint,
+            "tokenizer": self.tokenizer.name,
+            "context_window": config.block_size,
+            "vocab_size": config.vocab_size,
+            "parameters": self.model.num_params(),
+            "quantization": getattr(self.model, "quantization", None),
+            "device": str(self.device),
+            "max_slots": self.settings.max_slots,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.engine.stats())
+
+    def check_health(self) -> None:
+        if not self.engine.alive:
+            raise RuntimeError("the generation engine's thread has stopped")
+
+    def __del__(self) -> None:
+        if hasattr(self, "_stop_metrics"):
+            self._stop_metrics.set()
+        if hasattr(self, "engine"):
+            self.engine.stop()
+
+
+def _merge(updates: list[GenerationUpdate]) -> GenerationUpdate:
+    last = updates[-1]
+    return dataclasses.replace(
+        last,
+        text="".join(u.text for u in updates),
+        token_ids=[t for u in updates for t in u.token_ids],
+    )
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was asked for, but this replica sees no GPU")
+    return torch.device(name)

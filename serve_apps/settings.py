@@ -1,0 +1,46 @@
+"""The completion service's settings: the `args` of serve_config.yaml, checked on deploy."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class AutoscalingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    # Requests a generator replica holds at once before Serve adds one: its engine batches
+    # them, so this is about the number of KV-cache slots, not 1 or 2 as for a plain model.
+    target_ongoing_requests: float = Field(24, gt=0)
+    upscale_delay_s: float = Field(10, ge=0)
+    downscale_delay_s: float = Field(120, ge=0)
+
+
+class ServeSettings(BaseModel):
+    """What a deployment of raygpt's completion service needs to know."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str  # raygpt, Hugging Face GPT-2 or nanoGPT checkpoint (a folder or ckpt.pt)
+    model_name: str | None = None  # the id in /v1/models (default: the checkpoint's folder name)
+    quantize: Literal["int8", "none"] = "int8"  # quantize at load unless the checkpoint is INT8
+    dtype: Literal["float32", "bfloat16"] = "float32"  # for quantize: none
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_gpus: float = Field(0, ge=0)  # per generator replica; fractions share a GPU
+    num_cpus: float = Field(1, gt=0)  # per generator replica
+    torch_threads: int | None = Field(None, ge=1)  # CPU decode threads (default: num_cpus)
+    # Continuous batching: KV-cache slots per replica, requests waiting beyond them.
+    max_slots: int = Field(32, ge=1)
+    max_queue: int = Field(256, ge=1)
+    autoscaling: AutoscalingSettings = AutoscalingSettings()
+    # Request limits: answered 400 (413 for the body) with the limit in the message.
+    max_tokens_limit: int = Field(256, ge=1)
+    max_prompts: int = Field(8, ge=1)  # prompts in one /v1/completions request
+    max_request_bytes: int = Field(1_000_000, ge=1024)
+    request_timeout_s: float = Field(120, gt=0)  # a non-streaming request past this: 504
+    # Auth: the API key is read from this environment variable of the ingress replicas
+    # (a Kubernetes secret, or runtime_env env_vars); unset or empty means no auth.
+    api_key_env: str = "RAYGPT_API_KEY"

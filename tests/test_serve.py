@@ -1,0 +1,274 @@
+"""The completion service on a real local Ray Serve, over real HTTP, with a trained tiny model.
+
+One Serve instance for the module: the main app serves the INT8 tiny model trained by the
+`trained_tiny` fixture (with an API key); a second app serves a random model with a long
+context, so a stream lasts long enough to hang up on it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import torch
+
+from raygpt.checkpoint import CheckpointMeta, save_checkpoint
+from raygpt.config import ModelConfig
+from raygpt.model import GPT
+
+API_KEY_ENV = "RAYGPT_TEST_API_KEY"  # set by conftest before Ray starts, so replicas see it
+URL = "http://127.0.0.1:8000"
+LIMITS = dict(max_tokens_limit=48, max_prompts=4, max_request_bytes=4096)
+CODE_PROMPTS = ["import json\n", "def ", "class Encoder:\n    def", "# ", "return ", "if x:\n"]
+
+
+@pytest.fixture(scope="module")
+def service(ray_session, trained_tiny, tmp_path_factory):
+    from ray import serve
+
+    from serve_apps.app import build_app
+
+    long_context = tmp_path_factory.mktemp("long_context")
+    torch.manual_seed(0)
+    config = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=2048, vocab_size=257)
+    save_checkpoint(long_context, GPT(config), CheckpointMeta(model=config, tokenizer="byte"))
+
+    serve.start(http_options={"host": "127.0.0.1", "port": 8000})
+    main = dict(checkpoint=str(trained_tiny), model_name="tiny", max_slots=8, **LIMITS)
+    serve.run(build_app({**main, "api_key_env": API_KEY_ENV}), name="raygpt", route_prefix="/")
+    long = dict(checkpoint=str(long_context), quantize="none", max_tokens_limit=2000)
+    serve.run(build_app({**long, "api_key_env": "RAYGPT_UNSET"}), name="long", route_prefix="/long")
+    client = httpx.Client(
+        base_url=URL, timeout=120, headers={"Authorization": f"Bearer {_api_key()}"}
+    )
+    yield client
+    client.close()
+    serve.shutdown()
+
+
+def _api_key() -> str:
+    import os
+
+    return os.environ[API_KEY_ENV]
+
+
+def complete(client: httpx.Client, prompt, **fields) -> dict:
+    response = client.post("/v1/completions", json={"prompt": prompt, **fields})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def stream(client: httpx.Client, prompt, **fields) -> tuple[list[dict], list[str]]:
+    """The JSON chunks of a streamed completion, and the raw `data:` lines."""
+    lines = []
+    body = {"prompt": prompt, "stream": True, **fields}
+    with client.stream("POST", "/v1/completions", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in lines)
+    payloads = [line[len("data: ") :] for line in lines]
+    return [json.loads(p) for p in payloads if p != "[DONE]"], payloads
+
+
+def test_service_info_health_models_and_docs(service):
+    info = service.get("/").json()
+    assert info["model"] == "tiny" and info["tokenizer"] == "byte"
+    assert info["quantization"] == "int8-weight-only"
+    assert info["context_window"] == 64 and info["limits"]["max_tokens"] == 48
+    assert info["auth"] == "bearer"
+    health = service.get("/health").json()
+    assert health["status"] == "ok" and health["engine"]["max_slots"] == 8
+    models = service.get("/v1/models").json()
+    assert [m["id"] for m in models["data"]] == ["tiny"] and models["object"] == "list"
+    assert service.get("/docs").status_code == 200
+    paths = service.get("/openapi.json").json()["paths"]
+    assert {"/v1/completions", "/v1/models", "/complete", "/health", "/"} <= set(paths)
+
+
+def test_completion_and_its_stream_agree(service):
+    whole = complete(service, "import json\n", max_tokens=24, temperature=0)
+    (choice,) = whole["choices"]
+    assert whole["object"] == "text_completion" and whole["model"] == "tiny"
+    assert choice["finish_reason"] in ("stop", "length") and choice["text"]
+    usage = whole["usage"]
+    assert usage["prompt_tokens"] == len(b"import json\n")
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] <= 12 + 24
+
+    chunks, payloads = stream(
+        service,
+        "import json\n",
+        max_tokens=24,
+        temperature=0,
+        stream_options={"include_usage": True},
+    )
+    assert payloads[-1] == "[DONE]"
+    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == choice["text"]
+    assert chunks[-2]["choices"][0]["finish_reason"] == choice["finish_reason"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == usage
+    assert len({c["id"] for c in chunks}) == 1
+
+
+def test_a_list_of_prompts_gets_one_choice_each(service):
+    result = complete(service, ["def ", "import "], max_tokens=8, temperature=0)
+    assert [c["index"] for c in result["choices"]] == [0, 1]
+    for prompt, choice in zip(["def ", "import "], result["choices"], strict=True):
+        alone = complete(service, prompt, max_tokens=8, temperature=0)["choices"][0]
+        assert choice["text"] == alone["text"]
+    chunks, _ = stream(service, ["def ", "import "], max_tokens=8, temperature=0)
+    for index, choice in enumerate(result["choices"]):
+        text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"][0]["index"] == index)
+        assert text == choice["text"]
+
+
+def test_seed_stop_and_token_prompts(service):
+    sampled = [
+        complete(service, "def ", max_tokens=20, temperature=0.9, seed=7)["choices"][0]["text"]
+        for _ in range(2)
+    ]
+    assert sampled[0] == sampled[1]
+    greedy = complete(service, "import json\n", max_tokens=40, temperature=0)["choices"][0]
+    stop = greedy["text"][5:7]
+    stopped = complete(service, "import json\n", max_tokens=40, temperature=0, stop=[stop])
+    assert stopped["choices"][0]["text"] == greedy["text"][: greedy["text"].index(stop)]
+    assert stopped["choices"][0]["finish_reason"] == "stop"
+    as_ids = complete(service, list(b"import json\n"), max_tokens=40, temperature=0)
+    assert as_ids["choices"][0]["text"] == greedy["text"]
+
+
+def test_the_seed_complete_contract(service):
+    code = "def read_config(path):\n"
+    response = service.post(
+        "/complete", json={"code": code, "max_tokens": 32, "temperature": 0.7, "top_k": 40}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["full_code"] == code + body["completion"]
+    assert 1 <= body["tokens_generated"] <= 32
+    assert body["finish_reason"] in ("stop", "length") and body["model"] == "tiny"
+
+
+def test_concurrent_requests_of_different_lengths_each_equal_alone(service):
+    jobs = [(p, 6 + 8 * i) for i, p in enumerate(CODE_PROMPTS)]  # 6 .. 46 tokens
+
+    def run(job, streamed: bool) -> str:
+        prompt, max_tokens = job
+        if streamed:
+            chunks, _ = stream(service, prompt, max_tokens=max_tokens, temperature=0)
+            return "".join(c["choices"][0]["text"] for c in chunks)
+        return complete(service, prompt, max_tokens=max_tokens, temperature=0)["choices"][0]["text"]
+
+    alone = [run(job, streamed=False) for job in jobs]
+    with ThreadPoolExecutor(len(jobs) * 2) as pool:
+        plain = pool.map(lambda job: run(job, False), jobs)
+        streamed = pool.map(lambda job: run(job, True), jobs)
+        plain, streamed = list(plain), list(streamed)
+    assert plain == alone
+    assert streamed == alone
+
+
+BAD_REQUESTS = [
+    # (path, body, status, words the message must contain)
+    ("/v1/completions", {"max_tokens": 5}, 422, "prompt"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": "many"}, 422, "max_tokens"),
+    ("/v1/completions", {"prompt": 12}, 422, "prompt: should be one of"),
+    ("/v1/completions", {"prompt": "x", "temperature": 5}, 422, "temperature"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": 0}, 422, "max_tokens"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": 49}, 400, "limit of 48"),
+    ("/v1/completions", {"prompt": "x" * 64}, 400, "context window is 64"),
+    ("/v1/completions", {"prompt": ["a"] * 5}, 400, "limit is 4"),
+    ("/v1/completions", {"prompt": [300]}, 400, "token ids must be in [0, 257)"),
+    ("/v1/completions", {"prompt": "x", "n": 2}, 400, "n=1"),
+    ("/v1/completions", {"prompt": "x", "model": "gpt-4"}, 404, "use 'tiny'"),
+    ("/v1/completions", {"prompt": "x" * 5000}, 413, "limit is 4096"),
+    ("/complete", {"max_tokens": 4}, 422, "code"),
+    ("/complete", {"code": "x", "top_k": -1}, 422, "top_k"),
+    ("/complete", {"code": "x", "max_tokens": 100}, 400, "limit of 48"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "words"), BAD_REQUESTS)
+def test_bad_requests_are_answered_and_the_service_keeps_serving(
+    service, path, body, status, words
+):
+    response = service.post(path, json=body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert words in error["message"]
+    assert error["code"] == status
+    assert complete(service, "def ", max_tokens=2)["choices"][0]["finish_reason"] == "length"
+
+
+def test_not_json_is_422(service):
+    response = service.post(
+        "/v1/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", f"Basic {'x' * 8}"])
+def test_a_missing_or_wrong_api_key_is_401(service, header):
+    headers = {} if header is None else {"Authorization": header}
+    with httpx.Client(base_url=URL, timeout=30) as anonymous:
+        for path, body in [("/v1/completions", {"prompt": "x"}), ("/complete", {"code": "x"})]:
+            response = anonymous.post(path, json=body, headers=headers)
+            assert response.status_code == 401
+            assert "API key" in response.json()["error"]["message"]
+        assert anonymous.get("/v1/models", headers=headers).status_code == 401
+        assert anonymous.get("/health").status_code == 200  # probes need no key
+    assert service.get("/v1/models").status_code == 200
+
+
+def test_a_client_that_hangs_up_frees_its_slot(service):
+    def engine() -> dict:
+        return service.get("/long/health").json()["engine"]
+
+    before = engine()["requests_cancelled"]
+    body = {"prompt": "a", "max_tokens": 2000, "temperature": 0, "stream": True}
+    with service.stream("POST", "/long/v1/completions", json=body) as response:
+        lines = (line for line in response.iter_lines() if line)
+        received = [next(lines) for _ in range(3)]
+    assert all(line.startswith("data: ") for line in received)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = engine()
+        if state["active"] == 0 and state["requests_cancelled"] == before + 1:
+            break
+        time.sleep(0.2)
+    assert (state["active"], state["requests_cancelled"]) == (0, before + 1)
+    assert state["tokens_generated"] < 2000  # run to its end, it alone would make 2000
+    assert complete(service, "a", max_tokens=3)["usage"]["completion_tokens"] == 3
+
+
+def test_serving_metrics_reach_rays_prometheus_endpoint(service):
+    import ray
+
+    complete(service, "def ", max_tokens=10, temperature=0)
+    ports = {node["MetricsExportPort"] for node in ray.nodes() if node["Alive"]}
+    wanted = [
+        "ray_raygpt_serve_tokens_generated",
+        "ray_raygpt_serve_time_to_first_token_seconds_bucket",
+        "ray_raygpt_serve_slot_occupancy",
+    ]
+    deadline = time.monotonic() + 90  # Ray exports metrics every few seconds
+    text = ""
+    while time.monotonic() < deadline:
+        text = "".join(
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            for port in ports
+        )
+        if all(name in text for name in wanted):
+            break
+        time.sleep(2)
+    missing = [name for name in wanted if name not in text]
+    assert not missing, f"not exported: {missing}"
+    tokens = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("ray_raygpt_serve_tokens_generated") and 'model="tiny"' in line
+    ]
+    assert tokens and max(tokens) >= 10
