@@ -25,6 +25,7 @@ class CompletionRequest(BaseModel):
     top_k: int | None = Field(None, ge=0)  # not OpenAI's, but nanoGPT users expect it
     stop: str | list[str] | None = None
     seed: int | None = None
+    ignore_eos: bool = False  # vLLM's extension: run to max_tokens (benchmarks)
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1

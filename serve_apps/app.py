@@ -11,16 +11,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
 from ray.serve import Application
 
 from raygpt.checkpoint import checkpoint_format
+from raygpt.errors import ConfigError
 from serve_apps.generator import Generator
 from serve_apps.ingress import Ingress
 from serve_apps.settings import ServeSettings
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    settings = ServeSettings.model_validate(args)
+    try:
+        settings = ServeSettings.model_validate(args)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+        )
+        raise ConfigError(f"serve app args: {problems}") from None
     checkpoint_format(settings.checkpoint)  # a wrong path fails here, before any replica starts
     scaling = settings.autoscaling
     generator = Generator.options(

@@ -208,6 +208,7 @@ def build_api(service: Ingress) -> FastAPI:
                 "top_p": body.top_p,
                 "seed": body.seed,
                 "stop": stop,
+                "stop_at_eot": not body.ignore_eos,
             }
             for ids in service.prompt_ids(body.prompt)
         ]

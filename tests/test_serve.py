@@ -11,6 +11,7 @@ import json
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -272,3 +273,46 @@ def test_serving_metrics_reach_rays_prometheus_endpoint(service):
         if line.startswith("ray_raygpt_serve_tokens_generated") and 'model="tiny"' in line
     ]
     assert tokens and max(tokens) >= 10
+
+
+def test_the_serve_config_yaml_is_valid_for_serve_and_for_the_app():
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve_apps.settings import ServeSettings
+
+    path = Path(__file__).parents[1] / "serve_apps" / "serve_config.yaml"
+    config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    (app,) = config.applications
+    assert app.import_path == "serve_apps.app:build_app"
+    settings = ServeSettings.model_validate(app.args)
+    assert settings.quantize == "int8" and settings.autoscaling.max_replicas >= 1
+
+
+def test_bad_app_args_fail_before_anything_deploys(tmp_path):
+    from raygpt.errors import CheckpointError, ConfigError
+    from serve_apps.app import build_app
+
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        build_app({"checkpoint": str(tmp_path / "missing")})
+    with pytest.raises(ConfigError, match="max_slots: Input should be greater"):
+        build_app({"checkpoint": str(tmp_path), "max_slots": 0})
+    with pytest.raises(ConfigError, match="max_slot: Extra inputs are not permitted"):
+        build_app({"checkpoint": str(tmp_path), "max_slot": 8})  # a typo is not ignored
+
+
+def test_the_openai_client_talks_to_the_service(service):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{URL}/v1", api_key=_api_key())
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    result = client.completions.create(
+        model="tiny", prompt="import json\n", max_tokens=12, temperature=0
+    )
+    expected = complete(service, "import json\n", max_tokens=12, temperature=0)
+    assert result.choices[0].text == expected["choices"][0]["text"]
+    assert result.usage.completion_tokens == expected["usage"]["completion_tokens"]
+    pieces = client.completions.create(
+        model="tiny", prompt="import json\n", max_tokens=12, temperature=0, stream=True
+    )
+    assert "".join(p.choices[0].text for p in pieces if p.choices) == result.choices[0].text

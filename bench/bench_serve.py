@@ -1,0 +1,181 @@
+"""Continuous batching over HTTP: streaming clients at several concurrencies, one replica.
+
+Starts a local Ray and the completion service (serve_apps, INT8 generator, one replica),
+then for each concurrency runs that many clients, each sending streaming /v1/completions
+requests back to back (ignore_eos, so every request makes max_tokens tokens). Reports
+output tokens/s over the whole run, time to first token and inter-token latency (p50, p99,
+per token: a chunk carrying k tokens after a gap g counts k gaps of g/k), errors, and the
+speed-up over a single stream, all in one run on the same replica.
+
+    python bench/bench_serve.py                       # tiny_cpu's shape, random weights
+    python bench/bench_serve.py --checkpoint runs/tiny_cpu/final --concurrency 1,8,32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import torch
+
+from raygpt.checkpoint import CheckpointMeta, save_checkpoint
+from raygpt.config import load_experiment
+from raygpt.model import GPT
+
+PROMPT = "import json\nimport os\n\n\ndef load_settings(path):\n    "
+
+
+@dataclass
+class RequestTiming:
+    started: float
+    chunks: list[tuple[float, int]] = field(default_factory=list)  # (time, tokens so far)
+    error: str | None = None
+
+
+async def one_request(client: httpx.AsyncClient, max_tokens: int) -> RequestTiming:
+    body = {
+        "prompt": PROMPT,
+        "max_tokens": max_tokens,
+        "temperature": 0.8,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"continuous_usage_stats": True},
+    }
+    timing = RequestTiming(time.perf_counter())
+    try:
+        async with client.stream("POST", "/v1/completions", json=body) as response:
+            if response.status_code != 200:
+                timing.error = f"HTTP {response.status_code}"
+                return timing
+            async for line in response.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                chunk = json.loads(line[len("data: ") :])
+                timing.chunks.append((time.perf_counter(), chunk["usage"]["completion_tokens"]))
+        if not timing.chunks or timing.chunks[-1][1] != max_tokens:
+            timing.error = "short completion"
+    except httpx.HTTPError as err:
+        timing.error = type(err).__name__
+    return timing
+
+
+async def run_level(url: str, concurrency: int, requests_each: int, max_tokens: int):
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+
+        async def worker() -> list[RequestTiming]:
+            return [await one_request(client, max_tokens) for _ in range(requests_each)]
+
+        start = time.perf_counter()
+        results = await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    return [t for timings in results for t in timings], wall
+
+
+def summarize(timings: list[RequestTiming], wall: float) -> dict[str, float]:
+    good = [t for t in timings if t.error is None]
+    tokens = sum(t.chunks[-1][1] for t in good)
+    ttft = [t.chunks[0][0] - t.started for t in good]
+    gaps: list[float] = []
+    for t in good:
+        for (before, made_before), (after, made_after) in itertools.pairwise(t.chunks):
+            new = made_after - made_before
+            gaps.extend([(after - before) / new] * new if new else [])
+    return {
+        "tokens_per_s": tokens / wall,
+        "ttft_p50": percentile(ttft, 50),
+        "ttft_p99": percentile(ttft, 99),
+        "itl_p50": percentile(gaps, 50),
+        "itl_p99": percentile(gaps, 99),
+        "errors": len(timings) - len(good),
+        "requests": len(timings),
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", help="default: configs/tiny_cpu.yaml's shape, random")
+    parser.add_argument("--concurrency", default="1,4,16,32")
+    parser.add_argument("--requests", type=int, default=64, help="requests per level (about)")
+    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--quantize", default="int8", choices=["int8", "none"])
+    parser.add_argument("--max-slots", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the replica")
+    parser.add_argument("--port", type=int, default=8123)
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    from ray import serve
+
+    from raygpt.ray_runtime import init_ray
+    from serve_apps.app import build_app
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = args.checkpoint or random_tiny_cpu_model(Path(tmp))
+        init_ray(num_cpus=4)
+        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+        settings = {
+            "checkpoint": str(checkpoint),
+            "quantize": args.quantize,
+            "max_slots": args.max_slots,
+            "torch_threads": args.threads,
+            "max_tokens_limit": args.max_tokens,
+            "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+        }
+        serve.run(build_app(settings), name="bench", route_prefix="/")
+        url = f"http://127.0.0.1:{args.port}"
+        asyncio.run(run_level(url, 2, 2, 8))  # warm-up: connections, first chunks
+        rows = []
+        for concurrency in levels:
+            each = max(1, round(args.requests / concurrency))
+            timings, wall = asyncio.run(run_level(url, concurrency, each, args.max_tokens))
+            rows.append((concurrency, summarize(timings, wall)))
+            print(f"  concurrency {concurrency}: {rows[-1][1]['tokens_per_s']:.0f} tokens/s")
+        serve.shutdown()
+
+    base = rows[0][1]["tokens_per_s"]
+    print(
+        f"\n{Path(str(checkpoint)).name if args.checkpoint else 'tiny_cpu shape (random)'}, "
+        f"{args.quantize}, 1 replica, {args.max_slots} slots, {args.threads} torch thread(s), "
+        f"{args.max_tokens} tokens per request, CPU {platform.machine()}, torch {torch.__version__}"
+    )
+    print(
+        f"{'streams':>7} {'requests':>8} {'tokens/s':>9} {'vs 1':>6} "
+        f"{'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'errors':>6}"
+    )
+    for concurrency, r in rows:
+        print(
+            f"{concurrency:>7} {r['requests']:>8} {r['tokens_per_s']:>9.0f} "
+            f"{r['tokens_per_s'] / base:>5.1f}x {r['ttft_p50'] * 1e3:>7.0f}ms "
+            f"{r['ttft_p99'] * 1e3:>7.0f}ms {r['itl_p50'] * 1e3:>6.1f}ms "
+            f"{r['itl_p99'] * 1e3:>6.1f}ms {r['errors']:>6}"
+        )
+
+
+def random_tiny_cpu_model(directory: Path) -> Path:
+    """configs/tiny_cpu.yaml's model with random weights: speed does not depend on them."""
+    config = load_experiment(Path(__file__).parents[1] / "configs" / "tiny_cpu.yaml").model
+    config.vocab_size = 257  # byte tokens
+    torch.manual_seed(0)
+    return save_checkpoint(directory / "tiny_cpu", GPT(config), CheckpointMeta(config, "byte"))
+
+
+if __name__ == "__main__":
+    main()
