@@ -108,7 +108,7 @@ def test_stop_string_ends_the_completion_before_it():
 
 def test_the_context_window_ends_a_request_with_length():
     model = byte_model(block_size=32)
-    text, reason, tokens = generate_alone(model, BYTES, greedy("0123456789", 100))
+    _, reason, tokens = generate_alone(model, BYTES, greedy("0123456789", 100))
     assert reason == "length"
     assert len(tokens) == 32 - 10 + 1  # the last token is sampled from position 31
     with pytest.raises(ValueError, match="context window is 32"):
@@ -173,7 +173,7 @@ def test_bad_requests_are_refused_at_submit(request_, message):
 
 def test_text_stream_holds_back_possible_stop_strings_and_split_characters():
     stream = TextStream(BYTES, stop=["\n\n", "END"])
-    pieces = [stream.push(b) for b in "ab\nc".encode()]
+    pieces = [stream.push(b) for b in b"ab\nc"]
     assert pieces == ["a", "b", "", "\nc"]  # "\n" might have begun "\n\n"
     euro = "€".encode()  # three bytes, one character
     assert [stream.push(b) for b in euro] == ["", "", "€"]
