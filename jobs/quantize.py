@@ -10,25 +10,11 @@ and fails if the INT8 val loss is more than --max_loss_increase above the origin
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import importlib.metadata
-from pathlib import Path
 
-from raygpt.checkpoint import load_model, save_checkpoint
 from raygpt.cli import run_cli
-from raygpt.errors import CheckpointError, RaygptError
-from raygpt.evaluation import (
-    comparison_table,
-    evaluate_checkpoint,
-    relative_change,
-    training_dataset,
-    val_windows,
-    write_report,
-)
-from raygpt.quantize import METHODS, WEIGHT_ONLY, quantize_model
-from raygpt.shards import fresh_output_dir
-
-REPORT = "eval_report.json"
+from raygpt.evaluation import comparison_table
+from raygpt.int8_release import REPORT, release_int8
+from raygpt.quantize import METHODS, WEIGHT_ONLY
 
 
 def main() -> None:
@@ -46,42 +32,17 @@ def main() -> None:
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
 
-    model, meta = load_model(args.checkpoint)
-    if meta.extra.get("quantization"):
-        raise CheckpointError(
-            f"{args.checkpoint} is already INT8: quantize the original checkpoint"
-        )
-    data = Path(args.data) if args.data else training_dataset(args.checkpoint)
-    windows = val_windows(data, model.config.block_size, args.windows)  # checked before the work
-    source, target = Path(args.checkpoint).resolve(), Path(args.out).resolve()
-    if target == source or source in target.parents:
-        raise RaygptError(f"--out {args.out} must be outside the original checkpoint")
-    out = fresh_output_dir(Path(args.out), args.overwrite)
-
-    quantized = quantize_model(model, args.method)
-    info = {
-        "method": args.method,
-        "scheme": "int8 weights, symmetric, one scale per output channel; float activations",
-        "library": f"torchao {importlib.metadata.version('torchao')}",
-        "quantized_from": str(args.checkpoint),
-    }
-    save_checkpoint(
-        out, quantized, dataclasses.replace(meta, extra={**meta.extra, "quantization": info})
+    reports = release_int8(
+        args.checkpoint,
+        args.out,
+        args.method,
+        args.data,
+        args.windows,
+        args.max_loss_increase,
+        args.overwrite,
     )
-
-    reports = [
-        evaluate_checkpoint("original", args.checkpoint, windows),
-        evaluate_checkpoint("int8", str(out), windows),
-    ]
-    write_report(out / REPORT, reports)
     print(comparison_table(reports))
-    increase = relative_change(reports[0].val_loss, reports[1].val_loss)
-    if increase > args.max_loss_increase:
-        raise RaygptError(
-            f"INT8 val loss {reports[1].val_loss:.4f} is {increase:.2%} above the original's "
-            f"{reports[0].val_loss:.4f} (limit {args.max_loss_increase:.0%}): do not serve {out}"
-        )
-    print(f"wrote {out} ({args.method}); report: {out / REPORT}")
+    print(f"wrote {args.out} ({args.method}); report: {args.out}/{REPORT}")
 
 
 if __name__ == "__main__":

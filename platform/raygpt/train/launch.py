@@ -13,8 +13,10 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from raygpt.checkpoint import checkpoint_format, read_meta, read_model_config
 from raygpt.config import ExperimentConfig
@@ -105,15 +107,23 @@ def check_data(plan: TrainingPlan) -> None:
     plan.manifest = manifest
 
 
-def run_training(plan: TrainingPlan) -> TrainingResult:
-    """Run the plan on the connected Ray cluster (prepares the stdlib dataset if needed)."""
+def ensure_data(plan: TrainingPlan) -> None:
+    """Prepare the stdlib dataset on first use and check it (a sweep does this once for all)."""
+    if plan.manifest is None:
+        _prepare_stdlib(plan)
+        check_data(plan)
+
+
+def run_training(plan: TrainingPlan, callbacks: Sequence[Any] = ()) -> TrainingResult:
+    """Run the plan on the connected Ray cluster (prepares the stdlib dataset if needed).
+
+    `callbacks` join Ray Train's RunConfig: a Tune trial passes the one that reports to Tune.
+    """
     import ray.train
     from ray.data import DataContext
     from ray.train.torch import TorchTrainer
 
-    if plan.manifest is None:
-        _prepare_stdlib(plan)
-        check_data(plan)
+    ensure_data(plan)
     config = plan.config
     train, scaling = config.train, config.scaling
     plan.run_dir.mkdir(parents=True, exist_ok=True)
@@ -156,6 +166,7 @@ def run_training(plan: TrainingPlan) -> TrainingResult:
                 checkpoint_score_order="min",
             ),
             worker_runtime_env={"env_vars": env_vars} if env_vars else None,
+            callbacks=list(callbacks) or None,
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),

@@ -1,0 +1,70 @@
+"""From a trained checkpoint to an INT8 one that is fit to serve: quantize, write, and check
+it against the original on the same val windows (jobs/quantize.py, jobs/pipeline.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+from pathlib import Path
+
+from raygpt.checkpoint import load_model, save_checkpoint
+from raygpt.errors import CheckpointError, RaygptError
+from raygpt.evaluation import (
+    EvalReport,
+    comparison_table,
+    evaluate_checkpoint,
+    relative_change,
+    training_dataset,
+    val_windows,
+    write_report,
+)
+from raygpt.quantize import WEIGHT_ONLY, quantize_model
+from raygpt.shards import fresh_output_dir
+
+REPORT = "eval_report.json"
+
+
+def release_int8(
+    checkpoint: str | Path,
+    out: str | Path,
+    method: str = WEIGHT_ONLY,
+    data: str | Path | None = None,
+    windows: int = 64,
+    max_loss_increase: float = 0.01,
+    overwrite: bool = False,
+) -> list[EvalReport]:
+    """Write the INT8 checkpoint to `out` with eval_report.json; the reports of original and
+    INT8. Raises RaygptError when the INT8 val loss is more than max_loss_increase above."""
+    model, meta = load_model(checkpoint)
+    if meta.extra.get("quantization"):
+        raise CheckpointError(f"{checkpoint} is already INT8: quantize the original checkpoint")
+    data = Path(data) if data else training_dataset(checkpoint)
+    val = val_windows(data, model.config.block_size, windows)  # checked before the work
+    source, target = Path(checkpoint).resolve(), Path(out).resolve()
+    if target == source or source in target.parents:
+        raise RaygptError(f"--out {out} must be outside the original checkpoint")
+    out = fresh_output_dir(Path(out), overwrite)
+
+    quantized = quantize_model(model, method)
+    info = {
+        "method": method,
+        "scheme": "int8 weights, symmetric, one scale per output channel; float activations",
+        "library": f"torchao {importlib.metadata.version('torchao')}",
+        "quantized_from": str(checkpoint),
+    }
+    save_checkpoint(
+        out, quantized, dataclasses.replace(meta, extra={**meta.extra, "quantization": info})
+    )
+    reports = [
+        evaluate_checkpoint("original", str(checkpoint), val),
+        evaluate_checkpoint("int8", str(out), val),
+    ]
+    write_report(out / REPORT, reports)
+    increase = relative_change(reports[0].val_loss, reports[1].val_loss)
+    if increase > max_loss_increase:
+        raise RaygptError(
+            f"{comparison_table(reports)}\n"
+            f"INT8 val loss {reports[1].val_loss:.4f} is {increase:.2%} above the original's "
+            f"{reports[0].val_loss:.4f} (limit {max_loss_increase:.0%}): do not serve {out}"
+        )
+    return reports

@@ -1,0 +1,64 @@
+"""Deploy the completion service from a program (a pipeline job, the demo) and call it."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SERVE_CONFIG = Path(__file__).with_name("serve_config.yaml")
+
+
+def app_args(config_path: str | Path = SERVE_CONFIG, app: str = "raygpt") -> dict[str, Any]:
+    """The `args` of one application in a serve config YAML."""
+    config = yaml.safe_load(Path(config_path).read_text())
+    for application in config.get("applications", []):
+        if application.get("name") == app:
+            return dict(application.get("args") or {})
+    raise KeyError(f"{config_path} has no application named {app!r}")
+
+
+def deploy(
+    args: dict[str, Any],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    name: str = "raygpt",
+    quiet: bool = True,
+) -> str:
+    """Run the app on the connected Ray (replacing one of the same name); its URL when it
+    answers /health. `quiet` keeps the replicas' access logs out of the job's output."""
+    from ray import serve
+
+    from serve_apps.app import build_app
+
+    serve.start(http_options={"host": host, "port": port})
+    logging = {"log_level": "WARNING", "enable_access_log": False} if quiet else None
+    serve.run(build_app(args), name=name, route_prefix="/", blocking=False, logging_config=logging)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=10) as response:
+                if response.status == 200:
+                    return url
+        except (urllib.error.URLError, OSError):
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(1)
+
+
+def complete(url: str, prompt: str, api_key_env: str = "RAYGPT_API_KEY", **fields) -> dict:
+    """POST /v1/completions (with the API key when one is set here)."""
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get(api_key_env):
+        headers["Authorization"] = f"Bearer {os.environ[api_key_env]}"
+    body = json.dumps({"prompt": prompt, **fields}).encode()
+    request = urllib.request.Request(f"{url}/v1/completions", body, headers, method="POST")
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return json.loads(response.read())
