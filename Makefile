@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.raygpt-installed
 
-.PHONY: setup tokenizer test lint format bench clean
+.PHONY: setup tokenizer test demo lint format bench clean
 
 setup: $(STAMP) tokenizer
 
@@ -23,6 +23,13 @@ tokenizer: $(STAMP)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The whole platform on a local Ray: stdlib corpus → 2 DDP workers → INT8 → eval → Serve →
+# real completions over HTTP → shut down. Re-running resumes the finished run (idempotent).
+DEMO_CONFIG ?= configs/tiny_cpu.yaml
+DEMO_ARGS   ?= train.out_dir=runs/demo scaling.num_workers=2 scaling.cpus_per_worker=0.5
+demo: setup
+	$(PY) jobs/pipeline.py --config $(DEMO_CONFIG) $(DEMO_ARGS) --shutdown-serve
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -36,6 +36,9 @@ def main() -> None:
     )
     parser.add_argument("--serve-host", default="127.0.0.1", help="0.0.0.0 to serve off-node")
     parser.add_argument("--serve-port", type=int, default=8000)
+    parser.add_argument(
+        "--serve-proxy-location", default="EveryNode", choices=["EveryNode", "HeadOnly"]
+    )
     parser.add_argument("--no-serve", action="store_true", help="stop after the evaluation")
     parser.add_argument("--shutdown-serve", action="store_true", help="stop serving at the end")
     parser.add_argument("--max-tokens", type=int, default=80, help="per sample completion")
@@ -73,7 +76,7 @@ def main() -> None:
     if not args.no_serve:
         stage("5/5 serve", "Ray Serve: ingress + INT8 generator, continuous batching")
         serve_args.update(checkpoint=str(int8_dir), quantize="int8", model_name=config_name(args))
-        url = deploy(serve_args, args.serve_host, args.serve_port)
+        url = deploy(serve_args, args.serve_host, args.serve_port, args.serve_proxy_location)
         print(f"  serving at {url}", flush=True)
         for seed, prompt in enumerate(PROMPTS):
             answer = complete(
@@ -88,6 +91,13 @@ def main() -> None:
             lines.append("service:       shut down (--shutdown-serve)")
         else:
             lines.append(f"service:       {url}  (curl {url}/health; `serve shutdown -y` stops it)")
+    lines += [
+        "next:",
+        f"  sample:        python jobs/sample.py --checkpoint {int8_dir} --prompt 'def fibonacci(n):'",
+        f"  serve again:   serve run serve_apps.app:build_app checkpoint={int8_dir}",
+        "  on a cluster:  ray job submit --address http://HEAD:8265 --runtime-env "
+        f"configs/runtime_env.yaml -- python jobs/pipeline.py --config {args.config}",
+    ]
     print(f"\ndone in {time.perf_counter() - started:.0f} s", flush=True)
     print("\n".join(lines))
 

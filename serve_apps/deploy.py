@@ -28,6 +28,7 @@ def deploy(
     args: dict[str, Any],
     host: str = "127.0.0.1",
     port: int = 8000,
+    proxy_location: str = "EveryNode",
     name: str = "raygpt",
     quiet: bool = True,
 ) -> str:
@@ -37,7 +38,7 @@ def deploy(
 
     from serve_apps.app import build_app
 
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(proxy_location=proxy_location, http_options={"host": host, "port": port})
     logging = {"log_level": "WARNING", "enable_access_log": False} if quiet else None
     serve.run(build_app(args), name=name, route_prefix="/", blocking=False, logging_config=logging)
     url = f"http://127.0.0.1:{port}"
