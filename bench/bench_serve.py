@@ -109,6 +109,37 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
+def engine_rates(checkpoint: str, quantize: str, levels: list[int], max_tokens: int) -> dict:
+    """The same model in this process, no HTTP: the engine's own tokens/s per concurrency,
+    i.e. what continuous batching gives before the serving path takes its share."""
+    from raygpt.checkpoint import load_for_inference, load_model
+    from raygpt.engine import GenerationEngine, GenerationRequest
+    from raygpt.quantize import quantize_model
+    from raygpt.tokenizer import get_tokenizer
+
+    if quantize == "int8":
+        model, meta = load_model(checkpoint)
+        model = quantize_model(model)
+    else:
+        model, meta = load_for_inference(checkpoint)
+    tokenizer = get_tokenizer(meta.tokenizer)
+    prompt = tuple(tokenizer.encode(PROMPT))
+    rates = {}
+    for n in [2, *levels]:  # the first pass warms up the compiled kernels
+        engine = GenerationEngine(model, tokenizer, max_slots=max(levels))
+        done: list[int] = []
+        for seed in range(n):
+            request = GenerationRequest(
+                prompt, max_tokens, temperature=0.8, seed=seed, stop_at_eot=False
+            )
+            engine.submit(request, lambda u, done=done: u.finish_reason and done.append(1))
+        start = time.perf_counter()
+        while len(done) < n:
+            engine.step()
+        rates[n] = n * max_tokens / (time.perf_counter() - start)
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="default: configs/tiny_cpu.yaml's shape, random")
@@ -118,6 +149,7 @@ def main() -> None:
     parser.add_argument("--quantize", default="int8", choices=["int8", "none"])
     parser.add_argument("--max-slots", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the replica")
+    parser.add_argument("--stream-interval", type=float, default=0.02, help="seconds per chunk")
     parser.add_argument("--port", type=int, default=8123)
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -129,6 +161,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or random_tiny_cpu_model(Path(tmp))
+        torch.set_num_threads(args.threads)
+        in_process = engine_rates(str(checkpoint), args.quantize, levels, args.max_tokens)
         init_ray(num_cpus=4)
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         settings = {
@@ -136,6 +170,7 @@ def main() -> None:
             "quantize": args.quantize,
             "max_slots": args.max_slots,
             "torch_threads": args.threads,
+            "stream_interval_s": args.stream_interval,
             "max_tokens_limit": args.max_tokens,
             "autoscaling": {"min_replicas": 1, "max_replicas": 1},
         }
@@ -154,19 +189,24 @@ def main() -> None:
     print(
         f"\n{Path(str(checkpoint)).name if args.checkpoint else 'tiny_cpu shape (random)'}, "
         f"{args.quantize}, 1 replica, {args.max_slots} slots, {args.threads} torch thread(s), "
-        f"{args.max_tokens} tokens per request, CPU {platform.machine()}, torch {torch.__version__}"
+        f"{args.max_tokens} tokens per request, chunks every {args.stream_interval}s, CPU {platform.machine()}, torch {torch.__version__}"
     )
     print(
-        f"{'streams':>7} {'requests':>8} {'tokens/s':>9} {'vs 1':>6} "
-        f"{'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'errors':>6}"
+        f"{'streams':>7} {'requests':>8} {'HTTP tok/s':>10} {'vs 1':>6} "
+        f"{'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'errors':>6} "
+        f"{'engine tok/s':>12} {'vs 1':>6}"
     )
     for concurrency, r in rows:
+        engine = in_process[concurrency]
         print(
-            f"{concurrency:>7} {r['requests']:>8} {r['tokens_per_s']:>9.0f} "
+            f"{concurrency:>7} {r['requests']:>8} {r['tokens_per_s']:>10.0f} "
             f"{r['tokens_per_s'] / base:>5.1f}x {r['ttft_p50'] * 1e3:>7.0f}ms "
             f"{r['ttft_p99'] * 1e3:>7.0f}ms {r['itl_p50'] * 1e3:>6.1f}ms "
-            f"{r['itl_p99'] * 1e3:>6.1f}ms {r['errors']:>6}"
+            f"{r['itl_p99'] * 1e3:>6.1f}ms {r['errors']:>6} "
+            f"{engine:>12.0f} {engine / in_process[levels[0]]:>5.1f}x"
         )
+    print("HTTP: streaming clients through Serve (proxy, ingress, generator); engine: the same")
+    print("model and requests in this process, no HTTP.")
 
 
 def random_tiny_cpu_model(directory: Path) -> Path:
