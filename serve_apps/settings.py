@@ -37,7 +37,7 @@ class ServeSettings(BaseModel):
     max_queue: int = Field(256, ge=1)
     # A stream sends its first token at once, then at most one chunk per interval (merged
     # tokens): keeps the HTTP path's per-chunk cost from capping many streams' throughput.
-    stream_interval_s: float = Field(0.02, ge=0)
+    stream_interval_s: float = Field(0.1, ge=0)
     autoscaling: AutoscalingSettings = AutoscalingSettings()
     # Request limits: answered 400 (413 for the body) with the limit in the message.
     max_tokens_limit: int = Field(256, ge=1)
