@@ -25,11 +25,9 @@ import torch
 
 from raygpt.kv_cache import KVCache
 from raygpt.model import GPT
-from raygpt.sampling import sample_next_token
+from raygpt.sampling import check_sampling, sample_next_token
 from raygpt.text_stream import TextStream
 from raygpt.tokenizer import Tokenizer
-
-FINISH_REASONS = ("stop", "length", "cancelled", "error")
 
 
 @dataclass(frozen=True)
@@ -57,8 +55,7 @@ class GenerationRequest:
             raise ValueError(f"prompt token ids must be in [0, {vocab_size})")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
-        # sample_next_token's own checks, run once here instead of failing mid-batch
-        sample_next_token(torch.zeros(1, 2), self.temperature, self.top_k, self.top_p)
+        check_sampling(self.temperature, self.top_k, self.top_p)  # not mid-batch, later
 
 
 @dataclass
@@ -220,10 +217,11 @@ class GenerationEngine:
             if self._slots:
                 self._decode()
         except Exception as err:  # a failing step must not take the replica down with it
+            error = f"{type(err).__name__}: {err}"
             for sequence in admitted:
                 if sequence not in self._slots:
-                    self._finish_update(sequence, "error", f"{type(err).__name__}: {err}")
-            self._leave(list(range(len(self._slots))), "error", f"{type(err).__name__}: {err}")
+                    self._finish_update(sequence, "error", error)
+            self._leave(list(range(len(self._slots))), "error", error)
         with self._lock:
             self._steps += 1
 
@@ -279,8 +277,7 @@ class GenerationEngine:
         sequence.tokens.append(token)
         text = sequence.text.push(token)
         if sequence.text.stopped:
-            self._update(sequence, text, [token], None)
-            self._finish_update(sequence, "stop")
+            self._update(sequence, text, [token], "stop")
             return True
         at_limit = len(sequence.tokens) >= request.max_tokens
         # The next step would feed this token at position `cached`: it must fit the window.
