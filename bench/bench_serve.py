@@ -112,16 +112,11 @@ def percentile(values: list[float], q: float) -> float:
 def engine_rates(checkpoint: str, quantize: str, levels: list[int], max_tokens: int) -> dict:
     """The same model in this process, no HTTP: the engine's own tokens/s per concurrency,
     i.e. what continuous batching gives before the serving path takes its share."""
-    from raygpt.checkpoint import load_for_inference, load_model
+    from raygpt.checkpoint import load_for_serving
     from raygpt.engine import GenerationEngine, GenerationRequest
-    from raygpt.quantize import quantize_model
     from raygpt.tokenizer import get_tokenizer
 
-    if quantize == "int8":
-        model, meta = load_model(checkpoint)
-        model = quantize_model(model)
-    else:
-        model, meta = load_for_inference(checkpoint)
+    model, meta = load_for_serving(checkpoint, int8=quantize == "int8")
     tokenizer = get_tokenizer(meta.tokenizer)
     prompt = tuple(tokenizer.encode(PROMPT))
     rates = {}

@@ -20,9 +20,8 @@ from typing import Any
 import torch
 from ray import serve
 
-from raygpt.checkpoint import load_for_inference, load_model
+from raygpt.checkpoint import load_for_serving
 from raygpt.engine import GenerationEngine, GenerationRequest, GenerationUpdate
-from raygpt.quantize import is_quantized, quantize_model
 from raygpt.tokenizer import get_tokenizer
 from serve_apps.metrics import ServingMetrics
 from serve_apps.settings import ServeSettings
@@ -37,7 +36,12 @@ class Generator:
             torch.set_num_threads(
                 self.settings.torch_threads or max(1, int(self.settings.num_cpus))
             )
-        self.model, meta = self._load()
+        self.model, meta = load_for_serving(
+            self.settings.checkpoint,
+            self.device,
+            int8=self.settings.quantize == "int8",
+            dtype=getattr(torch, self.settings.dtype),
+        )
         if meta.tokenizer is None:
             raise ValueError(f"{self.settings.checkpoint}: the checkpoint names no tokenizer")
         self.tokenizer = get_tokenizer(meta.tokenizer)
@@ -49,18 +53,6 @@ class Generator:
         self.engine.start()
         self.metrics = ServingMetrics(self.model_name)
         self._stop_metrics = self.metrics.watch(self.engine.stats)
-
-    def _load(self):
-        path, settings = self.settings.checkpoint, self.settings
-        if settings.quantize == "int8":
-            model, meta = load_model(path, self.device)
-            if not is_quantized(model):
-                model = quantize_model(model)
-            return model.eval(), meta
-        model, meta = load_for_inference(path, self.device)
-        if not is_quantized(model) and settings.dtype == "bfloat16":
-            model = model.to(torch.bfloat16)
-        return model, meta
 
     def _warm_up(self) -> None:
         """Run a batch of one, then of two, before taking traffic: compiled kernels (INT8 on

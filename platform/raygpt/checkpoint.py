@@ -200,6 +200,25 @@ def load_for_inference(
     return model.eval(), meta
 
 
+def load_for_serving(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    int8: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[GPT, CheckpointMeta]:
+    """A model to serve: INT8 (quantized now unless the checkpoint already is), or float
+    laid out for decoding in `dtype`. One loader for the Serve generator and the benchmarks."""
+    from raygpt.quantize import is_quantized, quantize_model
+
+    if int8:
+        model, meta = load_model(path, device)
+        return (model if is_quantized(model) else quantize_model(model)).eval(), meta
+    model, meta = load_for_inference(path, device)
+    if not is_quantized(model):
+        model = model.to(dtype)
+    return model, meta
+
+
 def read_model_config(path: str | Path) -> ModelConfig:
     """A checkpoint's architecture, reading only metadata where the format has it apart."""
     path = Path(path)
