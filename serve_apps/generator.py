@@ -1,10 +1,9 @@
 """The generator deployment: one GenerationEngine per replica, INT8 by default.
 
-Requests arrive as plain dicts of token ids and sampling settings (the ingress has
-tokenized and checked them) and leave as a stream of updates. The engine runs on its own
-thread; its per-token callbacks hop onto the replica's event loop through a queue, and
-whatever piled up since the last yield goes out as one chunk, so a busy replica sends
-fewer, larger chunks instead of falling behind.
+Requests arrive as GenerationRequests (the ingress has tokenized and checked them) and
+leave as a stream of updates. The engine runs on its own thread; its per-token callbacks
+hop onto the replica's event loop through a buffer, and whatever piled up since the last
+yield goes out as one chunk, so a busy replica sends fewer, larger chunks.
 """
 
 from __future__ import annotations
@@ -66,22 +65,13 @@ class Generator:
         while len(done) < 2:
             self.engine.step()
 
-    async def generate(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[dict[str, Any]]:
         """Stream a request's updates: dicts of GenerationUpdate's fields. The first token
         goes out at once; later ones at most every stream_interval_s, merged, so 32 streams
         cost the HTTP path 32 chunks per interval instead of 32 per decode step."""
         buffer = _UpdateBuffer(asyncio.get_running_loop())
         arrived = time.perf_counter()
-        request_id = self.engine.submit(
-            GenerationRequest(
-                **{
-                    **request,
-                    "prompt": tuple(request["prompt"]),
-                    "stop": tuple(request.get("stop", ())),
-                }
-            ),
-            buffer.put,
-        )
+        request_id = self.engine.submit(request, buffer.put)
         interval = self.settings.stream_interval_s
         finished, last_yield = False, None
         try:

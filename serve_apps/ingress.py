@@ -25,6 +25,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
+from raygpt.engine import GenerationRequest
 from raygpt.tokenizer import get_tokenizer
 from serve_apps.api import (
     CompleteRequest,
@@ -65,8 +66,11 @@ class Ingress:
 
     # -- turning HTTP requests into generator requests --------------------------------------
 
-    def prompt_ids(self, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
-        """Token ids of each prompt in a request, within the service's limits."""
+    def requests(
+        self, prompt: str | list[str] | list[int] | list[list[int]], **sampling: Any
+    ) -> list[GenerationRequest]:
+        """One generator request per prompt, tokenized and checked against the model and the
+        service's limits (the engine's own check: a request that passes here runs there)."""
         token_ids = bool(prompt) and all(isinstance(p, int) for p in prompt)
         prompts = [prompt] if isinstance(prompt, str) or token_ids else list(prompt)
         if not prompts:
@@ -77,22 +81,17 @@ class Ingress:
                 f"{self.settings.max_prompts}",
                 "prompt",
             )
-        window, vocab = self.info["context_window"], self.info["vocab_size"]
-        ids = []
+        requests = []
         for p in prompts:
             tokens = self.tokenizer.encode(p) if isinstance(p, str) else list(p)
-            if not tokens:  # an empty prompt starts from end-of-text, as GPT-2 was trained
-                tokens = [self.tokenizer.eot_token]
-            if len(tokens) >= window:
-                raise BadRequest(
-                    f"prompt: {len(tokens)} tokens; the context window is {window} tokens "
-                    f"(prompt and completion together)",
-                    "prompt",
-                )
-            if not all(0 <= t < vocab for t in tokens):
-                raise BadRequest(f"prompt: token ids must be in [0, {vocab})", "prompt")
-            ids.append(tokens)
-        return ids
+            # An empty prompt starts from end-of-text, as GPT-2 was trained.
+            request = GenerationRequest(tuple(tokens or [self.tokenizer.eot_token]), **sampling)
+            try:
+                request.check(self.info["context_window"], self.info["vocab_size"])
+            except ValueError as err:  # the other fields were checked by their schema
+                raise BadRequest(f"prompt: {err}", "prompt") from None
+            requests.append(request)
+        return requests
 
     def check_max_tokens(self, max_tokens: int) -> None:
         if max_tokens > self.settings.max_tokens_limit:
@@ -102,11 +101,11 @@ class Ingress:
                 "max_tokens",
             )
 
-    def generate(self, request: dict[str, Any]):
+    def generate(self, request: GenerationRequest):
         """The generator's stream of updates for one prompt."""
         return self.generator.options(stream=True).generate.remote(request)
 
-    async def complete_one(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def complete_one(self, request: GenerationRequest) -> dict[str, Any]:
         """Run one prompt to the end; the merged result."""
         text, last = [], None
         async for update in self.generate(request):
@@ -199,19 +198,16 @@ def build_api(service: Ingress) -> FastAPI:
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stop) > 4:
             raise BadRequest(f"stop: {len(stop)} stop strings; the limit is 4", "stop")
-        requests = [
-            {
-                "prompt": ids,
-                "max_tokens": body.max_tokens,
-                "temperature": body.temperature,
-                "top_k": body.top_k,
-                "top_p": body.top_p,
-                "seed": body.seed,
-                "stop": stop,
-                "stop_at_eot": not body.ignore_eos,
-            }
-            for ids in service.prompt_ids(body.prompt)
-        ]
+        requests = service.requests(
+            body.prompt,
+            max_tokens=body.max_tokens,
+            temperature=body.temperature,
+            top_k=body.top_k,
+            top_p=body.top_p,
+            seed=body.seed,
+            stop=tuple(stop),
+            stop_at_eot=not body.ignore_eos,
+        )
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if body.stream:
@@ -221,7 +217,7 @@ def build_api(service: Ingress) -> FastAPI:
         results = await _within(
             asyncio.gather(*(service.complete_one(r) for r in requests)), settings
         )
-        prompt_tokens = sum(len(r["prompt"]) for r in requests)
+        prompt_tokens = sum(len(r.prompt) for r in requests)
         completion_tokens = sum(r["completion_tokens"] for r in results)
         return CompletionResponse(
             id=completion_id,
@@ -241,13 +237,12 @@ def build_api(service: Ingress) -> FastAPI:
     @api.post("/complete", dependencies=[Depends(authorized)])
     async def complete(body: CompleteRequest) -> CompleteResponse:
         service.check_max_tokens(body.max_tokens)
-        (ids,) = service.prompt_ids(body.code)
-        request = {
-            "prompt": ids,
-            "max_tokens": body.max_tokens,
-            "temperature": body.temperature,
-            "top_k": body.top_k or None,
-        }
+        (request,) = service.requests(
+            body.code,
+            max_tokens=body.max_tokens,
+            temperature=body.temperature,
+            top_k=body.top_k or None,
+        )
         result = await _within(service.complete_one(request), settings)
         return CompleteResponse(
             completion=result["text"],
@@ -262,7 +257,7 @@ def build_api(service: Ingress) -> FastAPI:
 
 async def _stream_events(
     service: Ingress,
-    requests: list[dict[str, Any]],
+    requests: list[GenerationRequest],
     completion_id: str,
     created: int,
     model_name: str,
@@ -311,7 +306,7 @@ async def _stream_events(
         for task in tasks:
             task.result()  # a failed generator call surfaces here
         if options.include_usage:
-            prompt_tokens = sum(len(r["prompt"]) for r in requests)
+            prompt_tokens = sum(len(r.prompt) for r in requests)
             usage = Usage(
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,

@@ -49,7 +49,8 @@ class GenerationRequest:
             raise ValueError("the prompt has no tokens")
         if len(self.prompt) >= block_size:
             raise ValueError(
-                f"the prompt has {len(self.prompt)} tokens; the context window is {block_size}"
+                f"the prompt has {len(self.prompt)} tokens; the context window is {block_size} "
+                "(prompt and completion together)"
             )
         if not all(0 <= t < vocab_size for t in self.prompt):
             raise ValueError(f"prompt token ids must be in [0, {vocab_size})")
