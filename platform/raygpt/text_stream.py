@@ -18,6 +18,7 @@ class TextStream:
     def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = ()) -> None:
         self._tokenizer = tokenizer
         self._stop = [s for s in stop if s]
+        self._longest_stop = max((len(s) for s in self._stop), default=0)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._text = ""  # every complete character decoded so far
         self._emitted = 0  # characters of _text already returned
@@ -28,7 +29,7 @@ class TextStream:
         a stop string appears: the text before it is returned, the stop string never is."""
         if self.stopped:
             return ""
-        search_from = max(0, self._emitted - max((len(s) for s in self._stop), default=0))
+        search_from = max(0, self._emitted - self._longest_stop)
         self._text += self._decoder.decode(self._tokenizer.decode_bytes([token]))
         cut = self._first_stop(search_from)
         if cut is not None:
@@ -55,7 +56,7 @@ class TextStream:
     def _held_back(self) -> int:
         """Length of the longest tail of the text that begins some stop string."""
         text = self._text
-        for size in range(min(len(text), max((len(s) for s in self._stop), default=0)), 0, -1):
+        for size in range(min(len(text), self._longest_stop), 0, -1):
             tail = text[-size:]
             if any(s.startswith(tail) for s in self._stop):
                 return size
