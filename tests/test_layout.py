@@ -22,6 +22,9 @@ CORE = [
     "quantize",
     "evaluation",
     "run_log",
+    "engine",
+    "text_stream",
+    "int8_release",
 ]
 
 
