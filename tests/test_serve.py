@@ -255,24 +255,29 @@ def test_serving_metrics_reach_rays_prometheus_endpoint(service):
         "ray_raygpt_serve_time_to_first_token_seconds_bucket",
         "ray_raygpt_serve_slot_occupancy",
     ]
-    deadline = time.monotonic() + 90  # Ray exports metrics every few seconds
+
+    def generated(text: str) -> list[float]:
+        return [
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("ray_raygpt_serve_tokens_generated") and 'model="tiny"' in line
+        ]
+
+    # Ray exports every few seconds; a name can show (# HELP) before its first sample does.
+    deadline = time.monotonic() + 90
     text = ""
     while time.monotonic() < deadline:
         text = "".join(
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
             for port in ports
         )
-        if all(name in text for name in wanted):
+        if all(name in text for name in wanted) and max(generated(text), default=0) >= 10:
             break
         time.sleep(2)
     missing = [name for name in wanted if name not in text]
     assert not missing, f"not exported: {missing}"
-    tokens = [
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("ray_raygpt_serve_tokens_generated") and 'model="tiny"' in line
-    ]
-    assert tokens and max(tokens) >= 10
+    tokens = generated(text)
+    assert tokens and max(tokens) >= 10, [x for x in text.splitlines() if "tokens_generated" in x]
 
 
 def test_the_serve_config_yaml_is_valid_for_serve_and_for_the_app():
