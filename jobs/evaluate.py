@@ -9,8 +9,8 @@ and the same prompt; the first one is the baseline. Writes a JSON report (--repo
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from raygpt import storage
 from raygpt.checkpoint import load_model
 from raygpt.cli import run_cli
 from raygpt.errors import RaygptError
@@ -32,11 +32,11 @@ def main() -> None:
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--report", help="JSON report path")
     args = parser.parse_args()
-    names = args.name or [Path(c).name for c in args.checkpoint]
+    names = args.name or [storage.name_of(c) for c in args.checkpoint]
     if len(names) != len(args.checkpoint):
         raise RaygptError("give one --name per --checkpoint, or none")
     first, _ = load_model(args.checkpoint[0])
-    data = Path(args.data) if args.data else training_dataset(args.checkpoint[0])
+    data = args.data or training_dataset(args.checkpoint[0])
     windows = val_windows(data, first.config.block_size, args.windows)
     reports = [
         evaluate_checkpoint(name, path, windows, args.new_tokens)
@@ -44,7 +44,7 @@ def main() -> None:
     ]
     print(comparison_table(reports))
     if args.report:
-        write_report(Path(args.report), reports)
+        write_report(args.report, reports)
 
 
 if __name__ == "__main__":

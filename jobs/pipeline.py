@@ -15,6 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
+from raygpt import storage
 from raygpt.cli import run_cli
 from raygpt.config import load_experiment
 from raygpt.evaluation import comparison_table
@@ -62,7 +63,7 @@ def main() -> None:
     result = run_training(plan)
     print(summary(result), flush=True)
 
-    int8_dir = result.run_dir / "int8"
+    int8_dir = storage.join(result.run_dir, "int8")
     stage("3/5 quantize", f"INT8 weight-only → {int8_dir}")
     reports = release_int8(result.final_model, int8_dir, overwrite=True)
 
@@ -71,11 +72,11 @@ def main() -> None:
 
     lines = [
         f"run dir:       {result.run_dir}   (metrics.jsonl, loss.png, final/, int8/)",
-        f"eval report:   {int8_dir / REPORT}",
+        f"eval report:   {storage.join(int8_dir, REPORT)}",
     ]
     if not args.no_serve:
         stage("5/5 serve", "Ray Serve: ingress + INT8 generator, continuous batching")
-        serve_args.update(checkpoint=str(int8_dir), quantize="int8", model_name=config_name(args))
+        serve_args.update(checkpoint=int8_dir, quantize="int8", model_name=config_name(args))
         url = deploy(serve_args, args.serve_host, args.serve_port, args.serve_proxy_location)
         print(f"  serving at {url}", flush=True)
         for seed, prompt in enumerate(PROMPTS):

@@ -13,12 +13,12 @@ import dataclasses
 import threading
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import torch
 from ray import serve
 
+from raygpt import storage
 from raygpt.checkpoint import load_for_serving
 from raygpt.engine import GenerationEngine, GenerationRequest, GenerationUpdate
 from raygpt.tokenizer import get_tokenizer
@@ -44,7 +44,7 @@ class Generator:
         if meta.tokenizer is None:
             raise ValueError(f"{self.settings.checkpoint}: the checkpoint names no tokenizer")
         self.tokenizer = get_tokenizer(meta.tokenizer)
-        self.model_name = self.settings.model_name or Path(self.settings.checkpoint).name
+        self.model_name = self.settings.model_name or storage.name_of(self.settings.checkpoint)
         self.engine = GenerationEngine(
             self.model, self.tokenizer, self.settings.max_slots, self.settings.max_queue
         )

@@ -24,7 +24,7 @@ class ServeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: str  # raygpt, Hugging Face GPT-2 or nanoGPT checkpoint (a folder or ckpt.pt)
+    checkpoint: str  # raygpt, HF GPT-2 or nanoGPT checkpoint: a folder, ckpt.pt, or a URI
     model_name: str | None = None  # the id in /v1/models (default: the checkpoint's folder name)
     quantize: Literal["int8", "none"] = "int8"  # quantize at load unless the checkpoint is INT8
     dtype: Literal["float32", "bfloat16"] = "float32"  # for quantize: none

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,25 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The serving tests' API key: set before Ray starts, so Serve replicas inherit it.
 os.environ.setdefault("RAYGPT_TEST_API_KEY", "raygpt-test-key")
 torch.set_num_threads(2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Object storage for the s3:// tests: a local S3-compatible server (moto), reached the way a
+# user reaches MinIO, through the AWS SDK's environment. Set before Ray starts, so every Ray
+# worker (Ray Data readers, Train workers, Serve replicas) resolves s3:// URIs to it too.
+S3_ENDPOINT = f"http://127.0.0.1:{free_port()}"
+os.environ.update(
+    AWS_ENDPOINT_URL=S3_ENDPOINT,
+    AWS_ACCESS_KEY_ID="raygpt-test",
+    AWS_SECRET_ACCESS_KEY="raygpt-test-secret",
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_EC2_METADATA_DISABLED="true",
+)
 
 REPO = Path(__file__).resolve().parents[1]
 # GPT-2's real vocabulary (so the padding to 50304 is exercised), tiny everything else.
@@ -63,6 +84,33 @@ def run_job(script: str, *args: str, timeout: float = 300) -> subprocess.Complet
 
 
 @pytest.fixture(scope="session")
+def s3_bucket():
+    """An s3:// bucket on a local S3-compatible server, for the whole session."""
+    import pyarrow.fs as pafs
+
+    port = S3_ENDPOINT.rsplit(":", 1)[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-p", port],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", int(port)), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        pafs.S3FileSystem(endpoint_override=S3_ENDPOINT, allow_bucket_creation=True).create_dir(
+            "raygpt-test"
+        )
+        yield "s3://raygpt-test"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole test session (start-ups are slow: share them)."""
     import ray
@@ -92,7 +140,7 @@ def byte_shards(ray_session, tmp_path_factory):
     options = PrepareOptions(
         out_dir=str(out), tokenizer="byte", include=["*/json/*", "*/email/*"], overwrite=True
     )
-    return prepare_dataset(options).out_dir
+    return Path(prepare_dataset(options).out_dir)
 
 
 @pytest.fixture(scope="session")
@@ -121,4 +169,4 @@ def trained_tiny(ray_session, byte_shards, tmp_path_factory):
             "scaling": {"num_workers": 1, "cpus_per_worker": 1},
         }
     )
-    return run_training(plan_training(config)).final_model
+    return Path(run_training(plan_training(config)).final_model)

@@ -42,7 +42,7 @@ def test_stdlib_manifest_counts_add_up(stdlib_shards):
         assert len(rows) == split.documents
         assert sum(len(tokens) for tokens, _ in rows) == split.tokens
         for shard in split.shards:
-            assert file_sha256(result.out_dir / shard["file"]) == shard["sha256"]
+            assert file_sha256(Path(result.out_dir) / shard["file"]) == shard["sha256"]
     assert result.bytes_read > 20e6
 
 

@@ -3,7 +3,8 @@
 A checkpoint is a folder: `model.safetensors` (weights; the tied output head is stored once)
 and `raygpt.json` (model config, tokenizer, step, training config). Nothing here unpickles
 arbitrary objects: safetensors holds only tensors, and the foreign formats are read with
-`torch.load(weights_only=True)`.
+`torch.load(weights_only=True)`. Every reader takes a path or a URI (s3://...): metadata is
+read in place, weights through raygpt.storage's local cache.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pyarrow.fs import FileType
 from safetensors.torch import load_file, save_file
 
+from raygpt import storage
 from raygpt.config import ModelConfig, section_from_dict
 from raygpt.errors import CheckpointError, RaygptError
 from raygpt.model import GPT
@@ -81,10 +84,10 @@ def load_checkpoint(
     return model_from_state_dict(meta.model, state, str(weights)), meta
 
 
-def read_meta(directory: Path) -> CheckpointMeta:
-    path = directory / META_FILE
+def read_meta(directory: str | Path) -> CheckpointMeta:
+    path = storage.join(directory, META_FILE)
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(storage.read_text(path))
     except FileNotFoundError:
         raise CheckpointError(f"{directory}: {META_FILE} is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -150,18 +153,18 @@ def model_from_state_dict(config: ModelConfig, state: dict[str, torch.Tensor], s
 
 def checkpoint_format(path: str | Path) -> str:
     """'raygpt', 'hf-gpt2' or 'nanogpt', from what is on disk; a clear error otherwise."""
-    path = Path(path)
-    if not path.exists():
+    kind = storage.file_type(path)
+    if kind == FileType.NotFound:
         raise CheckpointError(f"checkpoint not found: {path}")
-    if path.is_file():
-        if path.suffix in (".pt", ".pth"):
+    if kind == FileType.File:
+        if str(path).endswith((".pt", ".pth")):
             return "nanogpt"
         raise CheckpointError(f"{path}: expected a checkpoint folder or a nanoGPT .pt file")
-    if (path / META_FILE).is_file():
+    if storage.is_file(storage.join(path, META_FILE)):
         return "raygpt"
-    if (path / "config.json").is_file():
+    if storage.is_file(storage.join(path, "config.json")):
         return "hf-gpt2"
-    if (path / "ckpt.pt").is_file():
+    if storage.is_file(storage.join(path, "ckpt.pt")):
         return "nanogpt"
     raise CheckpointError(
         f"{path} is not a checkpoint: no {META_FILE} (raygpt), config.json (Hugging Face GPT-2) "
@@ -176,8 +179,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[GP
     - a Hugging Face GPT-2 folder (config.json + model.safetensors or pytorch_model.bin)
     - a nanoGPT `ckpt.pt`, or a folder holding one
     """
-    path = Path(path)
     kind = checkpoint_format(path)
+    path = storage.local_copy(path)
     if kind == "raygpt":
         return load_checkpoint(path, device)
     if kind == "hf-gpt2":
@@ -221,14 +224,13 @@ def load_for_serving(
 
 def read_model_config(path: str | Path) -> ModelConfig:
     """A checkpoint's architecture, reading only metadata where the format has it apart."""
-    path = Path(path)
     kind = checkpoint_format(path)
     if kind == "raygpt":
         return read_meta(path).model
     if kind == "hf-gpt2":
         from raygpt.hf_gpt2 import hf_model_config
 
-        return hf_model_config(path)
+        return hf_model_config(storage.local_copy(path))
     return load_model(path)[0].config  # nanoGPT keeps its model_args inside the weights file
 
 

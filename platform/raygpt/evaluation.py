@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from raygpt import storage
 from raygpt.checkpoint import load_for_inference, read_meta
 from raygpt.errors import RaygptError
 from raygpt.shards import cut_windows, dataset_dir, read_manifest
@@ -36,21 +37,21 @@ class EvalReport:
     decode_tokens_per_s: dict[str, float]  # "batch 1", "batch 8"
 
 
-def training_dataset(checkpoint: str) -> Path:
+def training_dataset(checkpoint: str) -> str:
     """The dataset a raygpt checkpoint was trained on, from its metadata."""
     try:
-        experiment = read_meta(Path(checkpoint)).train or {}
+        experiment = read_meta(checkpoint).train or {}
         return dataset_dir(experiment["data"]["dataset"], experiment["data"]["tokenizer"])
     except (KeyError, TypeError, RaygptError):
         raise RaygptError(f"{checkpoint} does not record its dataset: pass --data") from None
 
 
-def val_windows(data_dir: Path, block_size: int, count: int) -> np.ndarray:
+def val_windows(data_dir: str | Path, block_size: int, count: int) -> np.ndarray:
     """The first `count` windows of the val split's token stream."""
     manifest = read_manifest(data_dir)
     needed = count * block_size + 1
     pieces, have = [], 0
-    for path in manifest.shard_paths(Path(data_dir), "val"):
+    for path in manifest.shard_paths(data_dir, "val"):
         tokens = pq.read_table(path).column("tokens").combine_chunks().values.to_numpy()
         pieces.append(tokens)
         have += len(tokens)
@@ -112,7 +113,8 @@ def evaluate_checkpoint(
     batches: tuple[int, ...] = (1, 8),
     memory: bool = True,
 ) -> EvalReport:
-    model, meta = load_for_inference(checkpoint)  # as it is served
+    local = storage.local_copy(checkpoint)  # a URI is downloaded once, then measured locally
+    model, meta = load_for_inference(local)  # as it is served
     quantization = (meta.extra.get("quantization") or {}).get("method")
     loss = mean_loss(model, windows)
     rates = {
@@ -122,10 +124,10 @@ def evaluate_checkpoint(
         name=name,
         checkpoint=str(checkpoint),
         quantization=quantization,
-        size_mb=folder_size_mb(Path(checkpoint)),
+        size_mb=folder_size_mb(local),
         val_loss=loss,
         perplexity=math.exp(loss),
-        peak_memory_mb=peak_memory_mb(str(checkpoint)) if memory else None,
+        peak_memory_mb=peak_memory_mb(str(local)) if memory else None,
         decode_tokens_per_s=rates,
     )
 
@@ -157,5 +159,5 @@ def relative_change(base: float, other: float) -> float:
     return (other - base) / base
 
 
-def write_report(path: Path, reports: list[EvalReport]) -> None:
-    path.write_text(json.dumps([asdict(r) for r in reports], indent=2) + "\n")
+def write_report(path: str | Path, reports: list[EvalReport]) -> None:
+    storage.write_text(path, json.dumps([asdict(r) for r in reports], indent=2) + "\n")

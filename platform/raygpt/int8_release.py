@@ -1,5 +1,6 @@
 """From a trained checkpoint to an INT8 one that is fit to serve: quantize, write, and check
-it against the original on the same val windows (jobs/quantize.py, jobs/pipeline.py)."""
+it against the original on the same val windows (jobs/quantize.py, jobs/pipeline.py).
+Either end may be a URI (s3://...): the INT8 folder is staged locally and uploaded whole."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import dataclasses
 import importlib.metadata
 from pathlib import Path
 
+from raygpt import storage
 from raygpt.checkpoint import load_model, save_checkpoint
 from raygpt.errors import CheckpointError, RaygptError
 from raygpt.evaluation import (
@@ -19,7 +21,6 @@ from raygpt.evaluation import (
     write_report,
 )
 from raygpt.quantize import WEIGHT_ONLY, quantize_model
-from raygpt.shards import fresh_output_dir
 
 REPORT = "eval_report.json"
 
@@ -38,12 +39,12 @@ def release_int8(
     model, meta = load_model(checkpoint)
     if meta.extra.get("quantization"):
         raise CheckpointError(f"{checkpoint} is already INT8: quantize the original checkpoint")
-    data = Path(data) if data else training_dataset(checkpoint)
+    data = str(data) if data else training_dataset(checkpoint)
     val = val_windows(data, model.config.block_size, windows)  # checked before the work
-    source, target = Path(checkpoint).resolve(), Path(out).resolve()
-    if target == source or source in target.parents:
+    source, target = storage.absolute(checkpoint), storage.absolute(out)
+    if target == source or target.startswith(source.rstrip("/") + "/"):
         raise RaygptError(f"--out {out} must be outside the original checkpoint")
-    out = fresh_output_dir(Path(out), overwrite)
+    storage.prepare_output(out, overwrite)
 
     quantized = quantize_model(model, method)
     info = {
@@ -52,14 +53,16 @@ def release_int8(
         "library": f"torchao {importlib.metadata.version('torchao')}",
         "quantized_from": str(checkpoint),
     }
-    save_checkpoint(
-        out, quantized, dataclasses.replace(meta, extra={**meta.extra, "quantization": info})
-    )
-    reports = [
-        evaluate_checkpoint("original", str(checkpoint), val),
-        evaluate_checkpoint("int8", str(out), val),
-    ]
-    write_report(out / REPORT, reports)
+    int8_meta = dataclasses.replace(meta, extra={**meta.extra, "quantization": info})
+    with storage.writing_dir(out) as written:
+        save_checkpoint(written, quantized, int8_meta)
+        reports = [
+            evaluate_checkpoint("original", str(checkpoint), val),
+            dataclasses.replace(
+                evaluate_checkpoint("int8", str(written), val), checkpoint=str(out)
+            ),
+        ]
+        write_report(written / REPORT, reports)
     increase = relative_change(reports[0].val_loss, reports[1].val_loss)
     if increase > max_loss_increase:
         raise RaygptError(

@@ -1,31 +1,33 @@
-"""A training run's record: metrics.jsonl (one JSON object per logged step) and a loss-curve PNG."""
+"""A training run's record: metrics.jsonl (one JSON object per logged step) and a loss-curve PNG,
+in the run folder wherever it lives (a path or a URI, see raygpt.storage)."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
 from typing import Any
+
+from raygpt import storage
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 
 
 def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
-    path = Path(run_dir) / METRICS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    storage.append_text(storage.join(run_dir, METRICS_FILE), json.dumps(record) + "\n")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
+    try:
+        text = storage.read_text(storage.join(run_dir, METRICS_FILE))
+    except FileNotFoundError:
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def plot_losses(run_dir: str | Path, title: str = "") -> Path | None:
+def plot_losses(run_dir: str | Path, title: str = "") -> str | None:
     """Train and val loss against step; the last record of a step wins (a resumed run rewrites)."""
     import matplotlib
 
@@ -53,13 +55,15 @@ def plot_losses(run_dir: str | Path, title: str = "") -> Path | None:
         ax.plot(steps, [val[s] for s in steps], "o-", label="val", linewidth=1.5, markersize=3)
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
-    ax.set_title(title or Path(run_dir).name)
+    ax.set_title(title or storage.name_of(run_dir))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(run_dir) / LOSS_PLOT
-    fig.savefig(path)
+    image = io.BytesIO()
+    fig.savefig(image, format="png")
     plt.close(fig)
+    path = storage.join(run_dir, LOSS_PLOT)
+    storage.write_bytes(path, image.getvalue())
     return path
 
 

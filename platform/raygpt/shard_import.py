@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from raygpt import storage
 from raygpt.errors import RaygptError
 from raygpt.shards import (
     IMPORT_CHUNK_TOKENS,
     SPLITS,
     Manifest,
     ShardWriter,
-    fresh_output_dir,
     read_llmc_bin,
     read_nanogpt_bin,
     token_dtype,
@@ -76,30 +76,31 @@ def _import(
     tokenizer = get_tokenizer(tokenizer_name)
     dtype = token_dtype(tokenizer.vocab_size)
     streams = {split: [(path, reader(path)) for path in paths] for split, paths in by_split.items()}
-    root = fresh_output_dir(Path(out), overwrite)
-    writers = {split: ShardWriter(root, split, dtype, shard_tokens) for split in SPLITS}
-    for split, files in streams.items():
-        for path, tokens in files:
-            for start in range(0, len(tokens), IMPORT_CHUNK_TOKENS):
-                chunk = np.asarray(tokens[start : start + IMPORT_CHUNK_TOKENS])
-                if chunk.size and int(chunk.max()) >= tokenizer.vocab_size:
-                    raise RaygptError(
-                        f"{path} has token id {int(chunk.max())}, outside the {tokenizer.name} "
-                        f"vocabulary ({tokenizer.vocab_size}); pass the right --tokenizer"
-                    )
-                # The stream's end-of-text tokens count its documents.
-                writers[split].add(chunk, int(np.count_nonzero(chunk == tokenizer.eot_token)))
-        writers[split].flush()
-    splits = {split: writer.stats for split, writer in writers.items()}
-    manifest = Manifest(
-        tokenizer=tokenizer.name,
-        vocab_size=tokenizer.vocab_size,
-        eot_token=tokenizer.eot_token,
-        token_dtype=dtype.name,
-        splits=splits,
-        inputs=[path for paths in by_split.values() for path in paths],
-        files_read=sum(len(paths) for paths in by_split.values()),
-        extra={"imported_from": kind, "rows": f"chunks of {IMPORT_CHUNK_TOKENS} tokens"},
-    )
-    write_manifest(root, manifest)
+    storage.prepare_output(out, overwrite)
+    with storage.writing_dir(out) as root:  # a staging folder when out is a URI
+        writers = {split: ShardWriter(root, split, dtype, shard_tokens) for split in SPLITS}
+        for split, files in streams.items():
+            for path, tokens in files:
+                for start in range(0, len(tokens), IMPORT_CHUNK_TOKENS):
+                    chunk = np.asarray(tokens[start : start + IMPORT_CHUNK_TOKENS])
+                    if chunk.size and int(chunk.max()) >= tokenizer.vocab_size:
+                        raise RaygptError(
+                            f"{path} has token id {int(chunk.max())}, outside the {tokenizer.name} "
+                            f"vocabulary ({tokenizer.vocab_size}); pass the right --tokenizer"
+                        )
+                    # The stream's end-of-text tokens count its documents.
+                    writers[split].add(chunk, int(np.count_nonzero(chunk == tokenizer.eot_token)))
+            writers[split].flush()
+        splits = {split: writer.stats for split, writer in writers.items()}
+        manifest = Manifest(
+            tokenizer=tokenizer.name,
+            vocab_size=tokenizer.vocab_size,
+            eot_token=tokenizer.eot_token,
+            token_dtype=dtype.name,
+            splits=splits,
+            inputs=[path for paths in by_split.values() for path in paths],
+            files_read=sum(len(paths) for paths in by_split.values()),
+            extra={"imported_from": kind, "rows": f"chunks of {IMPORT_CHUNK_TOKENS} tokens"},
+        )
+        write_manifest(root, manifest)
     return manifest

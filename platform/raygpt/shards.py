@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raygpt import storage
 from raygpt.errors import RaygptError
 
 MANIFEST = "manifest.json"
@@ -33,9 +34,10 @@ LLMC_HEADER_INTS = 256
 IMPORT_CHUNK_TOKENS = 1 << 16
 
 
-def dataset_dir(dataset: str, tokenizer: str) -> Path:
-    """A config's `data.dataset` as a folder: 'stdlib' is prepared into data/stdlib_<tokenizer>."""
-    return Path("data") / f"stdlib_{tokenizer}" if dataset == "stdlib" else Path(dataset)
+def dataset_dir(dataset: str, tokenizer: str) -> str:
+    """A config's `data.dataset` as a location (a folder or a URI such as s3://bucket/data):
+    'stdlib' is prepared into data/stdlib_<tokenizer>."""
+    return f"data/stdlib_{tokenizer}" if dataset == "stdlib" else dataset
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -81,8 +83,9 @@ class Manifest:
         stats = self.splits.get(split)
         return 0 if stats is None else max(0, (stats.tokens - 1) // block_size)
 
-    def shard_paths(self, root: Path, split: str) -> list[str]:
-        return [str(root / shard["file"]) for shard in self.splits[split].shards]
+    def shard_paths(self, root: str | Path, split: str) -> list[str]:
+        """Paths, or URIs when the dataset is at one (Ray Data and pyarrow read both)."""
+        return [storage.join(root, shard["file"]) for shard in self.splits[split].shards]
 
 
 def write_manifest(root: Path, manifest: Manifest) -> Path:
@@ -92,14 +95,15 @@ def write_manifest(root: Path, manifest: Manifest) -> Path:
 
 
 def read_manifest(root: str | Path) -> Manifest:
-    """The manifest of a dataset folder; a clear error when there is none or it is broken."""
-    root = Path(root)
-    path = root / MANIFEST
-    if not root.is_dir():
-        raise RaygptError(f"dataset folder not found: {root} (make one with jobs/prepare_data.py)")
+    """The manifest of a dataset folder or URI; a clear error when there is none or it is broken."""
+    path = storage.join(root, MANIFEST)
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(storage.read_text(path))
     except FileNotFoundError:
+        if not storage.is_dir(root):
+            raise RaygptError(
+                f"dataset folder not found: {root} (make one with jobs/prepare_data.py)"
+            ) from None
         raise RaygptError(
             f"{root} has no {MANIFEST}: not a dataset made by jobs/prepare_data.py"
         ) from None
@@ -173,20 +177,6 @@ class ShardWriter:
         self.stats.tokens += int(lengths.sum())
         self._pending, self._hashes = [], []
         self._pending_tokens = self._pending_documents = 0
-
-
-def fresh_output_dir(out: Path, overwrite: bool) -> Path:
-    """Create `out`; a non-empty one is replaced only when asked, never silently."""
-    import shutil
-
-    if out.exists() and not out.is_dir():
-        raise RaygptError(f"output {out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise RaygptError(f"output folder {out} is not empty; pass --overwrite to replace it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def cut_windows(tokens: np.ndarray, block_size: int) -> np.ndarray:

@@ -11,16 +11,15 @@ workers there were.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raygpt import storage
 from raygpt.corpus import (
     DUPLICATE,
     KEPT,
@@ -36,7 +35,6 @@ from raygpt.shards import (
     SPLITS,
     Manifest,
     ShardWriter,
-    fresh_output_dir,
     token_dtype,
     write_manifest,
 )
@@ -79,7 +77,7 @@ class PrepareOptions:
 @dataclass
 class PrepareResult:
     manifest: Manifest
-    out_dir: Path
+    out_dir: str  # a folder or a URI
     seconds: float
     bytes_read: int
 
@@ -160,7 +158,7 @@ def prepare_dataset(options: PrepareOptions, inputs: CorpusInputs | None = None)
 
     inputs = inputs or plan_inputs(options)
     tokenizer = get_tokenizer(options.tokenizer)
-    out = fresh_output_dir(Path(options.out_dir), options.overwrite)
+    storage.prepare_output(options.out_dir, options.overwrite)
 
     context = DataContext.get_current()
     context.execution_options.preserve_order = True  # shards follow input order: deterministic
@@ -181,58 +179,63 @@ def prepare_dataset(options: PrepareOptions, inputs: CorpusInputs | None = None)
         num_cpus=TOKENIZER_CPUS,
     )
 
-    start = time.perf_counter()
-    dtype = token_dtype(tokenizer.vocab_size)
-    writers = {split: ShardWriter(out, split, dtype, options.shard_tokens) for split in SPLITS}
-    skipped: Counter[str] = Counter()
-    seen: set[str] = set()
-    files_read = bytes_read = 0
-    for batch in documents.iter_batches(batch_format="pyarrow", batch_size=None):
-        column = batch.column("tokens").combine_chunks()
-        offsets = column.offsets.to_numpy()
-        values = column.values.to_numpy()
-        statuses = batch.column("status").to_pylist()
-        hashes = batch.column("hash").to_pylist()
-        splits = batch.column("split").to_pylist()
-        files_read += len(statuses)
-        bytes_read += int(pa.compute.sum(batch.column("n_bytes")).as_py() or 0)
-        for i, status in enumerate(statuses):
-            if status != KEPT:
-                skipped[status] += 1
-            elif hashes[i] in seen:
-                skipped[DUPLICATE] += 1
-            else:
-                seen.add(hashes[i])
-                writers[splits[i]].add(values[offsets[i] : offsets[i + 1]], doc_hash=hashes[i])
-    for writer in writers.values():
-        writer.flush()
-    seconds = time.perf_counter() - start
+    # Shards are written locally (to a staging folder when out_dir is a URI, uploaded at
+    # the end) by this driver alone: input order, so the same corpus gives the same bytes.
+    with storage.writing_dir(options.out_dir) as out:
+        start = time.perf_counter()
+        dtype = token_dtype(tokenizer.vocab_size)
+        writers = {split: ShardWriter(out, split, dtype, options.shard_tokens) for split in SPLITS}
+        skipped: Counter[str] = Counter()
+        seen: set[str] = set()
+        files_read = bytes_read = 0
+        for batch in documents.iter_batches(batch_format="pyarrow", batch_size=None):
+            column = batch.column("tokens").combine_chunks()
+            offsets = column.offsets.to_numpy()
+            values = column.values.to_numpy()
+            statuses = batch.column("status").to_pylist()
+            hashes = batch.column("hash").to_pylist()
+            splits = batch.column("split").to_pylist()
+            files_read += len(statuses)
+            bytes_read += int(pa.compute.sum(batch.column("n_bytes")).as_py() or 0)
+            for i, status in enumerate(statuses):
+                if status != KEPT:
+                    skipped[status] += 1
+                elif hashes[i] in seen:
+                    skipped[DUPLICATE] += 1
+                else:
+                    seen.add(hashes[i])
+                    writers[splits[i]].add(values[offsets[i] : offsets[i + 1]], doc_hash=hashes[i])
+        for writer in writers.values():
+            writer.flush()
+        seconds = time.perf_counter() - start
 
-    kept = sum(w.stats.documents for w in writers.values())
-    if kept == 0:
-        shutil.rmtree(out)
-        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
-        raise RaygptError(f"no usable documents in {options.inputs}: all skipped ({reasons})")
-    manifest = Manifest(
-        tokenizer=tokenizer.name,
-        vocab_size=tokenizer.vocab_size,
-        eot_token=tokenizer.eot_token,
-        token_dtype=dtype.name,
-        splits={split: writer.stats for split, writer in writers.items()},
-        skipped=dict(sorted(skipped.items())),
-        inputs=list(options.inputs),
-        files_read=files_read,
-        extra={
-            "include": options.include,
-            "exclude": options.exclude,
-            "val_fraction": options.val_fraction,
-            "min_chars": options.min_chars,
-            "max_chars": options.max_chars,
-            "bytes_read": bytes_read,
-        },
+        kept = sum(w.stats.documents for w in writers.values())
+        if kept == 0:
+            storage.delete(options.out_dir)
+            reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
+            raise RaygptError(f"no usable documents in {options.inputs}: all skipped ({reasons})")
+        manifest = Manifest(
+            tokenizer=tokenizer.name,
+            vocab_size=tokenizer.vocab_size,
+            eot_token=tokenizer.eot_token,
+            token_dtype=dtype.name,
+            splits={split: writer.stats for split, writer in writers.items()},
+            skipped=dict(sorted(skipped.items())),
+            inputs=list(options.inputs),
+            files_read=files_read,
+            extra={
+                "include": options.include,
+                "exclude": options.exclude,
+                "val_fraction": options.val_fraction,
+                "min_chars": options.min_chars,
+                "max_chars": options.max_chars,
+                "bytes_read": bytes_read,
+            },
+        )
+        write_manifest(out, manifest)
+    return PrepareResult(
+        manifest=manifest, out_dir=options.out_dir, seconds=seconds, bytes_read=bytes_read
     )
-    write_manifest(out, manifest)
-    return PrepareResult(manifest=manifest, out_dir=out, seconds=seconds, bytes_read=bytes_read)
 
 
 def _read_documents(inputs: CorpusInputs, text_column: str):

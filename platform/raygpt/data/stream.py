@@ -40,7 +40,7 @@ def window_dataset(root: str | Path, split: str, block_size: int, shuffle_seed: 
         raise RaygptError(f"{root} has no '{split}' shards (splits: {list(manifest.splits)})")
     if block_size < 1:
         raise RaygptError(f"block_size must be >= 1, got {block_size}")
-    files = manifest.shard_paths(Path(root), split)
+    files = manifest.shard_paths(root, split)
     # One block per shard: windows are cut the same way whatever the cluster's size.
     ds = ray.data.read_parquet(files, columns=["tokens"], override_num_blocks=len(files))
     if shuffle_seed is not None:

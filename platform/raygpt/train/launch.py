@@ -4,7 +4,8 @@
 the dataset, the starting weights and the run folder are checked so that a bad run ends in
 one clear error instead of a worker traceback. `run_training` then builds the trainer:
 workers from the `scaling` section, the Ray Data window streams as its datasets, and
-checkpoints in the run folder (`train.out_dir`), where a re-run resumes.
+checkpoints in the run folder (`train.out_dir`: a path, or a URI such as s3://bucket/runs/x
+that every node can reach; Ray Train writes checkpoints there itself), where a re-run resumes.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from raygpt import storage
 from raygpt.checkpoint import checkpoint_format, read_meta, read_model_config
 from raygpt.config import ExperimentConfig
 from raygpt.corpus import STDLIB
 from raygpt.data.stream import window_dataset
 from raygpt.errors import CheckpointError, ConfigError, RaygptError
-from raygpt.run_log import plot_losses, read_metrics
+from raygpt.run_log import LOSS_PLOT, METRICS_FILE, plot_losses, read_metrics
 from raygpt.shards import MANIFEST, Manifest, dataset_dir, read_manifest
 from raygpt.train.loop import FAILURE_ENV, train_loop_per_worker
 
@@ -33,8 +34,8 @@ SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's c
 @dataclass
 class TrainingPlan:
     config: ExperimentConfig
-    data_dir: Path
-    run_dir: Path
+    data_dir: str  # a folder or a URI (raygpt.storage)
+    run_dir: str  # absolute: a folder or a URI
     init_weights: str | None  # pretrained weights to start from (None: scratch or resume)
     resuming: bool
     manifest: Manifest | None = None  # None until the stdlib dataset is prepared
@@ -42,8 +43,8 @@ class TrainingPlan:
 
 @dataclass
 class TrainingResult:
-    run_dir: Path
-    final_model: Path
+    run_dir: str
+    final_model: str
     steps: int
     best_val_loss: float | None
     seconds: float
@@ -53,8 +54,8 @@ class TrainingResult:
 def plan_training(config: ExperimentConfig) -> TrainingPlan:
     """Check everything a run needs, without starting workers. Raises RaygptError."""
     train = config.train
-    run_dir = Path(train.out_dir).resolve()
-    resuming = (run_dir / SNAPSHOT).is_file()
+    run_dir = storage.absolute(train.out_dir)
+    resuming = storage.is_file(storage.join(run_dir, SNAPSHOT))
     if train.init_from == "resume" and not resuming:
         raise ConfigError(f"train.init_from=resume but {run_dir} has no checkpoints to resume from")
     init_weights = None
@@ -65,7 +66,7 @@ def plan_training(config: ExperimentConfig) -> TrainingPlan:
         config = _adopt_pretrained_config(config, init_weights)
     data_dir = dataset_dir(config.data.dataset, config.data.tokenizer)
     plan = TrainingPlan(config, data_dir, run_dir, init_weights, resuming)
-    if (data_dir / MANIFEST).is_file() or config.data.dataset != STDLIB:
+    if config.data.dataset != STDLIB or storage.is_file(storage.join(data_dir, MANIFEST)):
         check_data(plan)
     return plan
 
@@ -126,8 +127,9 @@ def run_training(plan: TrainingPlan, callbacks: Sequence[Any] = ()) -> TrainingR
     ensure_data(plan)
     config = plan.config
     train, scaling = config.train, config.scaling
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
-    (plan.run_dir / "experiment.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    storage.write_text(
+        storage.join(plan.run_dir, "experiment.json"), json.dumps(config.to_dict(), indent=2) + "\n"
+    )
 
     # Same order on every rank and every run: what resume and the DDP batch split rely on.
     context = DataContext.get_current()
@@ -146,7 +148,7 @@ def run_training(plan: TrainingPlan, callbacks: Sequence[Any] = ()) -> TrainingR
         train_loop_per_worker,
         train_loop_config={
             "experiment": config.to_dict(),
-            "run_dir": str(plan.run_dir),
+            "run_dir": plan.run_dir,
             "tokenizer": plan.manifest.tokenizer,
             "init_weights": plan.init_weights,
         },
@@ -157,8 +159,8 @@ def run_training(plan: TrainingPlan, callbacks: Sequence[Any] = ()) -> TrainingR
             placement_strategy=scaling.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
-            name=plan.run_dir.name,
-            storage_path=str(plan.run_dir.parent),
+            name=storage.name_of(plan.run_dir),
+            storage_path=storage.parent_of(plan.run_dir),  # a URI works: Train uses pyarrow.fs
             failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=train.keep_checkpoints,
@@ -185,7 +187,7 @@ def run_training(plan: TrainingPlan, callbacks: Sequence[Any] = ()) -> TrainingR
     returned = result.return_value or {}
     return TrainingResult(
         run_dir=plan.run_dir,
-        final_model=plan.run_dir / "final",
+        final_model=storage.join(plan.run_dir, "final"),
         steps=returned.get("step", train.max_iters),
         best_val_loss=returned.get("best_val_loss"),
         seconds=seconds,
@@ -203,7 +205,8 @@ def summary(result: TrainingResult) -> str:
             f"  best val loss: {best}",
             f"  final model:   {result.final_model}",
             f"  best checkpoint: {result.best_checkpoint}",
-            f"  metrics:       {result.run_dir / 'metrics.jsonl'}, {result.run_dir / 'loss.png'}",
+            f"  metrics:       {storage.join(result.run_dir, METRICS_FILE)}, "
+            f"{storage.join(result.run_dir, LOSS_PLOT)}",
             "next: python jobs/sample.py --checkpoint "
             f"{result.final_model} --prompt 'def fibonacci(n):'",
         ]
@@ -214,7 +217,7 @@ def _adopt_pretrained_config(config: ExperimentConfig, path: str) -> ExperimentC
     """Fine-tuning keeps the pretrained architecture; the run sets block size (≤) and dropout."""
     try:
         pretrained = read_model_config(path)
-        if checkpoint_format(path) == "raygpt" and read_meta(Path(path)).extra.get("quantization"):
+        if checkpoint_format(path) == "raygpt" and read_meta(path).extra.get("quantization"):
             raise CheckpointError(f"{path} is INT8 (for serving): train from the original weights")
     except CheckpointError as err:
         raise ConfigError(f"train.init_from: {err}") from None
@@ -223,13 +226,13 @@ def _adopt_pretrained_config(config: ExperimentConfig, path: str) -> ExperimentC
     return dataclasses.replace(config, model=adopted)
 
 
-def _adopt_run_model(config: ExperimentConfig, run_dir: Path) -> ExperimentConfig:
+def _adopt_run_model(config: ExperimentConfig, run_dir: str) -> ExperimentConfig:
     """A resumed run keeps the architecture it was started with."""
     from raygpt.config import ModelConfig, section_from_dict
 
-    path = run_dir / "experiment.json"
+    path = storage.join(run_dir, "experiment.json")
     try:
-        model = json.loads(path.read_text())["model"]
+        model = json.loads(storage.read_text(path))["model"]
     except (OSError, KeyError, json.JSONDecodeError) as err:
         raise ConfigError(
             f"cannot resume {run_dir}: {path} is missing or corrupt ({err})"
@@ -244,9 +247,7 @@ def _prepare_stdlib(plan: TrainingPlan) -> None:
 
     print(f"preparing the stdlib corpus into {plan.data_dir} (once) ...", flush=True)
     prepare_dataset(
-        PrepareOptions(
-            out_dir=str(plan.data_dir), tokenizer=plan.config.data.tokenizer, overwrite=True
-        )
+        PrepareOptions(out_dir=plan.data_dir, tokenizer=plan.config.data.tokenizer, overwrite=True)
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from raygpt import storage
 from raygpt.checkpoint import load_model
 from raygpt.config import ExperimentConfig, experiment_from_dict
 from raygpt.model import GPT
@@ -53,7 +54,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     torch.set_num_threads(scaling.torch_threads or max(1, math.ceil(scaling.cpus_per_worker)))
-    run_dir = Path(loop_config["run_dir"])
+    run_dir = loop_config["run_dir"]  # a folder or a URI (raygpt.storage)
 
     model = build_model(config, loop_config.get("init_weights"), device)
     set_activation_checkpointing(model, train.activation_checkpointing)
@@ -85,7 +86,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         ray.train.get_dataset_shard("val"), train.batch_size, train.eval_iters, rank, world
     )
     val_batches = [to_xy(w, device) for w in val_windows]
-    metrics = TrainMetrics(run_dir.name, state.tokens_seen) if rank == 0 else None
+    metrics = TrainMetrics(storage.name_of(run_dir), state.tokens_seen) if rank == 0 else None
     flops_token = flops_per_token(config.model, model.num_params())
     peak = peak_flops(device, precision.name)
     tokens_per_step = (
@@ -269,7 +270,7 @@ def progress_line(record: dict[str, Any], max_iters: int) -> str:
 
 
 def _export_final(
-    run_dir: Path, model, config, loop_config, state: TrainState, rank, strategy
+    run_dir: str, model, config, loop_config, state: TrainState, rank, strategy
 ) -> None:
     """The trained model as a plain raygpt checkpoint in run_dir/final, for quantize and serve."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
@@ -291,7 +292,8 @@ def _export_final(
         train=loop_config["experiment"],
         extra={"best_val_loss": state.best_val_loss},
     )
-    save_checkpoint(run_dir / "final", weights, meta)
+    with storage.writing_dir(storage.join(run_dir, "final")) as final:
+        save_checkpoint(final, weights, meta)
 
 
 def say(line: str) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raygpt import storage
 from raygpt.config import experiment_from_dict
 from raygpt.errors import ConfigError
 from raygpt.run_log import read_metrics
@@ -95,10 +96,10 @@ def run_sweep(sweep: SweepConfig) -> SweepOutcome:
     # paths because Tune runs each in its own working directory.
     plan = plan_training(sweep.experiment_config({}, sweep_dir / ".check"))
     ensure_data(plan)
-    paths = {"data.dataset": str(plan.data_dir.resolve())}
+    paths = {"data.dataset": storage.absolute(plan.data_dir)}
     init_from = sweep.base["train"]["init_from"]
     if init_from not in SPECIAL_INIT:
-        paths["train.init_from"] = str(Path(init_from).resolve())
+        paths["train.init_from"] = storage.absolute(init_from)
 
     concurrency = trial_concurrency(sweep)
     trainable = tune.with_resources(
