@@ -1,9 +1,13 @@
-"""The cluster path end to end on this machine: `ray start` a head and a second node (token
-authentication on, as on a real cluster), `ray job submit` the pipeline with the runtime env,
-read the training metrics from Ray's Prometheus endpoint while it trains, wait for the job to
-succeed, call the Serve endpoint it deployed, and stop the cluster.
+"""The cluster path end to end on this machine: `ray start` a head, alone or with a second node
+(token authentication on, as on a real cluster), `ray job submit` the pipeline with the runtime
+env, read the training metrics from Ray's Prometheus endpoint while it trains, wait for the job
+to succeed, call the Serve endpoint it deployed, and stop the cluster.
 
-The cluster gets its own short temp dir; teardown kills exactly the processes that use it, so
+The single node keeps its dataset and run on local disk. The two nodes keep theirs on s3:// (a
+local S3-compatible server), as a multi-node cluster without a shared disk must, with one Train
+worker on each node.
+
+Each node gets its own short temp dir; teardown kills exactly the processes that use them, so
 other Ray instances on the machine (this test session's own) are left alone.
 """
 
@@ -13,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,25 +27,26 @@ from pathlib import Path
 
 import pytest
 
+from raygpt import storage
+from raygpt.int8_release import REPORT
+from raygpt.run_log import read_metrics
+
+from .conftest import free_port
+
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds its processes in /proc")
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LocalCluster:
-    def __init__(self) -> None:
+    def __init__(self, nodes: int) -> None:
         # Short paths (Ray's socket paths are capped), one per node: nodes on one machine must
         # not share runtime_resources/, or one node's cleanup deletes the other's job files.
-        self.temp_dirs = [tempfile.mkdtemp(prefix="rgc"), tempfile.mkdtemp(prefix="rgc")]
+        self.nodes = nodes
+        self.temp_dirs = [tempfile.mkdtemp(prefix="rgc") for _ in range(nodes)]
         self.gcs_port, self.dashboard_port = free_port(), free_port()
-        self.metrics_ports = [free_port(), free_port()]
+        self.metrics_ports = [free_port() for _ in range(nodes)]
         self.serve_port = free_port()
         self.token = uuid.uuid4().hex
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
@@ -85,6 +89,8 @@ class LocalCluster:
             *self.node_ports(),
         )
         assert head.returncode == 0, head.stdout + head.stderr
+        if self.nodes == 1:
+            return
         worker = self.ray(
             "start",
             f"--address=127.0.0.1:{self.gcs_port}",
@@ -122,9 +128,9 @@ class LocalCluster:
         return text
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    cluster = LocalCluster()
+@pytest.fixture(scope="module", params=[1, 2], ids=["one_node", "two_nodes"])
+def cluster(request):
+    cluster = LocalCluster(nodes=request.param)
     try:
         cluster.start()
         yield cluster
@@ -132,8 +138,18 @@ def cluster():
         cluster.stop()
 
 
-def test_pipeline_job_on_a_two_node_cluster_with_token_auth(cluster, byte_shards, tmp_path):
-    out_dir = tmp_path / "run"
+def test_pipeline_job_on_a_cluster_with_token_auth(cluster, byte_shards, tmp_path, request):
+    if cluster.nodes == 1:
+        dataset, out_dir = str(byte_shards), str(tmp_path / "run")
+        placement = ["--serve-proxy-location=EveryNode"]
+    else:
+        bucket = request.getfixturevalue("s3_bucket")
+        dataset, out_dir = f"{bucket}/e2e/bytes", f"{bucket}/e2e/run"
+        storage.upload(byte_shards, dataset)
+        placement = [
+            "scaling.placement_strategy=STRICT_SPREAD",  # one worker per node
+            "--serve-proxy-location=HeadOnly",  # both nodes share 127.0.0.1: one proxy per port
+        ]
     submit = [
         "job",
         "submit",
@@ -144,7 +160,7 @@ def test_pipeline_job_on_a_two_node_cluster_with_token_auth(cluster, byte_shards
         "python",
         "jobs/pipeline.py",
         "--config=configs/tiny_cpu.yaml",
-        f"data.dataset={byte_shards}",
+        f"data.dataset={dataset}",
         f"train.out_dir={out_dir}",
         "model.n_layer=2",
         "model.n_embd=64",
@@ -155,9 +171,8 @@ def test_pipeline_job_on_a_two_node_cluster_with_token_auth(cluster, byte_shards
         "train.log_interval=5",
         "scaling.num_workers=2",
         "scaling.cpus_per_worker=0.5",
-        "scaling.placement_strategy=STRICT_SPREAD",  # one worker per node
+        *placement,
         f"--serve-port={cluster.serve_port}",
-        "--serve-proxy-location=HeadOnly",  # both nodes share 127.0.0.1: one proxy per port
         "--max-tokens=16",
     ]
     for _ in range(30):  # the head's job agent comes up a little after `ray start` returns
@@ -211,4 +226,6 @@ def test_pipeline_job_on_a_two_node_cluster_with_token_auth(cluster, byte_shards
     answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
     assert answer["usage"]["completion_tokens"] >= 1
     assert answer["model"] == "tiny_cpu"
-    assert (out_dir / "int8" / "eval_report.json").is_file()
+    assert storage.is_file(storage.join(out_dir, "int8", REPORT))
+    started = [r for r in read_metrics(out_dir) if r.get("event") == "started"]
+    assert len(set(started[-1]["nodes"])) == cluster.nodes  # STRICT_SPREAD: a worker per node
