@@ -108,3 +108,18 @@ def test_a_checkpoint_at_a_uri_loads_like_a_local_one(s3_bucket, tmp_path):
     torch.testing.assert_close(loaded(tokens)[0], model(tokens)[0])
     with pytest.raises(CheckpointError, match="checkpoint not found: s3://raygpt-test/none"):
         load_model(f"{s3_bucket}/none")
+
+
+def test_a_run_at_a_missing_uri_fails_before_any_worker_starts(s3_bucket):
+    from raygpt.config import experiment_from_dict
+    from raygpt.errors import RaygptError
+    from raygpt.train.launch import plan_training
+
+    config = experiment_from_dict(
+        {
+            "data": {"dataset": f"{s3_bucket}/no/such/dataset", "tokenizer": "byte"},
+            "train": {"out_dir": f"{s3_bucket}/runs/x"},
+        }
+    )
+    with pytest.raises(RaygptError, match="dataset folder not found: s3://raygpt-test/no/such"):
+        plan_training(config)

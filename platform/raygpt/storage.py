@@ -171,25 +171,21 @@ def delete(location: str | Path) -> None:
 
 def prepare_output(location: str | Path, overwrite: bool) -> None:
     """An output folder is written only when it is empty or the user asked to replace it."""
-    if is_uri(location):
-        kind = file_type(location)
+    fs, path = resolve(location)
+    try:
+        kind = fs.get_file_info(path).type
         if kind == pafs.FileType.File:
             raise StorageError(f"output {location} exists and is not a folder")
-        if listing(location):
+        if kind == pafs.FileType.Directory and fs.get_file_info(pafs.FileSelector(path)):
             if not overwrite:
                 raise StorageError(
                     f"output folder {location} is not empty; pass --overwrite to replace it"
                 )
-            delete(location)
-        return
-    out = Path(location)
-    if out.exists() and not out.is_dir():
-        raise StorageError(f"output {out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise StorageError(f"output folder {out} is not empty; pass --overwrite to replace it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+            fs.delete_dir(path)
+        if not is_uri(location):
+            fs.create_dir(path, recursive=True)
+    except OSError as err:
+        raise StorageError(f"cannot write {location}: {_first_line(err)}") from None
 
 
 def upload(local: str | Path, location: str | Path) -> None:
