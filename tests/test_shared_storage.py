@@ -20,7 +20,10 @@ from raygpt.train.launch import plan_training, run_training
 from .test_train import TINY
 
 
-def test_shards_runs_checkpoints_and_int8_on_s3(ray_session, byte_shards, s3_bucket):
+def test_shards_runs_checkpoints_and_int8_on_s3(
+    ray_session, byte_shards, s3_bucket, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "cache"))  # not the user's cache
     data = f"{s3_bucket}/datasets/bytes"
     options = PrepareOptions(
         out_dir=data, tokenizer="byte", include=["*/json/*", "*/email/*"], overwrite=True
@@ -42,6 +45,7 @@ def test_shards_runs_checkpoints_and_int8_on_s3(ray_session, byte_shards, s3_buc
 
     result = run_training(plan_training(experiment(6)))
     assert result.final_model == f"{run}/final"
+    assert result.best_checkpoint in (f"{run}/step_000003", f"{run}/step_000006")
     files = storage.listing(run)
     for name in ("experiment.json", "metrics.jsonl", "loss.png", "final/model.safetensors"):
         assert name in files, sorted(files)

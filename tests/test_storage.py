@@ -19,6 +19,13 @@ from raygpt.checkpoint import (
 from raygpt.errors import CheckpointError
 from raygpt.model import GPT
 
+from .conftest import free_port
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "cache"))
+
 
 @pytest.fixture(params=["local", "s3"])
 def base(request, tmp_path):
@@ -65,9 +72,41 @@ def test_folders_upload_download_and_the_cache(base, tmp_path):
     else:
         assert copy == Path(target)  # a local path is used in place
 
-    with storage.writing_dir(storage.join(base, "staged")) as staged:
+    with storage.writing_dir(storage.join(base, "staged"), last="marker.json") as staged:
         (staged / "x.txt").write_text("x")
+        (staged / "marker.json").write_text("{}")
+    assert storage.listing(storage.join(base, "staged")).keys() == {"x.txt", "marker.json"}
     assert storage.read_text(storage.join(base, "staged", "x.txt")) == "x"
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux's /proc")
+def test_a_failed_upload_leaves_no_marker(s3_bucket, tmp_path):
+    """The marker (a checkpoint's metadata, a dataset's manifest) goes first and comes back
+    last: an upload that fails halfway leaves a folder a reader refuses, never a marker beside
+    missing or stale files."""
+    target = f"{s3_bucket}/marked-{time.monotonic_ns()}"
+    source = tmp_path / "folder"
+    source.mkdir()
+    for i in range(4):
+        (source / f"part{i}.bin").write_bytes(bytes([i]) * 100)
+    (source / "meta.json").write_text("{}")
+    storage.upload(source, target, last="meta.json")
+    assert "meta.json" in storage.listing(target)
+
+    (source / "unreadable.bin").symlink_to("/proc/self/mem")  # reading it fails (EIO)
+    with pytest.raises(storage.StorageError, match="cannot upload"):
+        storage.upload(source, target, last="meta.json")
+    assert "meta.json" not in storage.listing(target)
+    assert (source / "meta.json").is_file()  # the source is left as it was
+
+
+def test_an_appended_log_on_s3_continues_across_processes(s3_bucket, tmp_path):
+    log = f"{s3_bucket}/logs-{time.monotonic_ns()}/metrics.jsonl"
+    storage.append_text(log, "a\n")
+    storage.write_text(log, "a\nb\n")  # another process (a previous run) wrote more
+    storage._appended.clear()  # this process starts afresh, as a resumed worker does
+    storage.append_text(log, "c\n")
+    assert storage.read_text(log) == "a\nb\nc\n"
 
 
 def test_an_output_folder_is_replaced_only_when_asked(base):
@@ -87,6 +126,14 @@ def test_unreachable_locations_fail_with_one_clear_error(s3_bucket):
         storage.write_text("s3://no-such-bucket-rg/x", "x")
     with pytest.raises(storage.StorageError, match="not found: s3://raygpt-test/missing"):
         storage.local_copy(f"{s3_bucket}/missing")
+    with pytest.raises(storage.StorageError, match="s3://raygpt-test is a bucket's root"):
+        storage.parent_of(s3_bucket)
+
+
+def test_a_store_that_does_not_answer_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nobody listens
+    with pytest.raises(storage.StorageError, match="s3://raygpt-test/x"):
+        storage.read_text("s3://raygpt-test/x")
 
 
 def test_a_checkpoint_at_a_uri_loads_like_a_local_one(s3_bucket, tmp_path):

@@ -119,6 +119,7 @@ def test_a_bad_search_space_is_one_clear_error(tmp_path, space, message):
         ({"metric": "accuracy"}, "metric: must be one of ['val_loss', 'loss']"),
         ({"experiment": "nowhere.yaml"}, "experiment: config not found: nowhere.yaml"),
         ({"overrides": {"train.max_iters": 5}}, "overrides.train.max_iters: not settable"),
+        ({"out_dir": "s3://bucket/sweep"}, "out_dir: a sweep needs a folder"),
     ],
 )
 def test_a_bad_sweep_config_is_one_clear_error(tmp_path, changes, message):

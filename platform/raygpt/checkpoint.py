@@ -51,7 +51,10 @@ class CheckpointMeta:
 def save_checkpoint(
     directory: str | Path, model: GPT | dict[str, torch.Tensor], meta: CheckpointMeta
 ) -> Path:
-    """Write weights (a model, or its full state dict) and metadata into `directory`."""
+    """Write weights (a model, or its full state dict) and metadata into the local `directory`
+    (for a URI, write into raygpt.storage.writing_dir(uri, last=META_FILE))."""
+    if storage.is_uri(directory):
+        raise CheckpointError(f"{directory}: save_checkpoint writes a local folder, not a URI")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = model.state_dict() if isinstance(model, torch.nn.Module) else model
@@ -230,7 +233,7 @@ def read_model_config(path: str | Path) -> ModelConfig:
     if kind == "hf-gpt2":
         from raygpt.hf_gpt2 import hf_model_config
 
-        return hf_model_config(storage.local_copy(path))
+        return hf_model_config(path)  # config.json only, read in place
     return load_model(path)[0].config  # nanoGPT keeps its model_args inside the weights file
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from raygpt import storage
 from raygpt.checkpoint import CheckpointMeta, model_from_state_dict, read_safetensors
 from raygpt.config import ModelConfig, section_from_dict
 from raygpt.errors import CheckpointError, RaygptError
@@ -105,10 +106,11 @@ def _hf_config(config: ModelConfig, meta: CheckpointMeta, model: GPT) -> dict[st
     }
 
 
-def hf_model_config(directory: Path) -> ModelConfig:
-    path = directory / "config.json"
+def hf_model_config(directory: str | Path) -> ModelConfig:
+    """The architecture from config.json (a local folder or a URI: read in place)."""
+    path = storage.join(directory, "config.json")
     try:
-        hf = json.loads(path.read_text())
+        hf = json.loads(storage.read_text(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is corrupt: {err}") from None
     if not isinstance(hf, dict):

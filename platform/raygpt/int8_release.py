@@ -9,7 +9,7 @@ import importlib.metadata
 from pathlib import Path
 
 from raygpt import storage
-from raygpt.checkpoint import load_model, save_checkpoint
+from raygpt.checkpoint import META_FILE, load_model, save_checkpoint
 from raygpt.errors import CheckpointError, RaygptError
 from raygpt.evaluation import (
     EvalReport,
@@ -54,7 +54,7 @@ def release_int8(
         "quantized_from": str(checkpoint),
     }
     int8_meta = dataclasses.replace(meta, extra={**meta.extra, "quantization": info})
-    with storage.writing_dir(out) as written:
+    with storage.writing_dir(out, last=META_FILE) as written:
         save_checkpoint(written, quantized, int8_meta)
         reports = [
             evaluate_checkpoint("original", str(checkpoint), val),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,12 @@ LOSS_PLOT = "loss.png"
 
 
 def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
-    storage.append_text(storage.join(run_dir, METRICS_FILE), json.dumps(record) + "\n")
+    """Append one record. A failed write (a blip of the object store) is a warning: the record
+    also went to Ray Train and Prometheus, and a log line is not worth a training restart."""
+    try:
+        storage.append_text(storage.join(run_dir, METRICS_FILE), json.dumps(record) + "\n")
+    except storage.StorageError as err:
+        logging.getLogger(__name__).warning("metrics.jsonl not updated: %s", err)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

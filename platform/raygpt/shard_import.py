@@ -17,6 +17,7 @@ from raygpt import storage
 from raygpt.errors import RaygptError
 from raygpt.shards import (
     IMPORT_CHUNK_TOKENS,
+    MANIFEST,
     SPLITS,
     Manifest,
     ShardWriter,
@@ -77,7 +78,7 @@ def _import(
     dtype = token_dtype(tokenizer.vocab_size)
     streams = {split: [(path, reader(path)) for path in paths] for split, paths in by_split.items()}
     storage.prepare_output(out, overwrite)
-    with storage.writing_dir(out) as root:  # a staging folder when out is a URI
+    with storage.writing_dir(out, last=MANIFEST) as root:  # a staging folder when out is a URI
         writers = {split: ShardWriter(root, split, dtype, shard_tokens) for split in SPLITS}
         for split, files in streams.items():
             for path, tokens in files:

@@ -55,9 +55,14 @@ def name_of(location: str | Path) -> str:
 
 
 def parent_of(location: str | Path) -> str:
-    if is_uri(location):
-        return str(location).rstrip("/").rsplit("/", 1)[0]
-    return str(Path(location).parent)
+    if not is_uri(location):
+        return str(Path(location).parent)
+    scheme, rest = str(location).rstrip("/").split("://", 1)
+    if "/" not in rest:
+        raise StorageError(
+            f"{location} is a bucket's root: name a folder in it, e.g. {location}/runs"
+        )
+    return f"{scheme}://{rest.rsplit('/', 1)[0]}"
 
 
 def resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
@@ -98,8 +103,8 @@ def read_bytes(location: str | Path) -> bytes:
     except FileNotFoundError:
         raise FileNotFoundError(f"not found: {location}") from None
     except OSError as err:
-        if fs.get_file_info(path).type == pafs.FileType.NotFound:
-            raise FileNotFoundError(str(location)) from None
+        if file_type(location) == pafs.FileType.NotFound:  # some stores say so only this way
+            raise FileNotFoundError(f"not found: {location}") from None
         raise StorageError(f"cannot read {location}: {_first_line(err)}") from None
 
 
@@ -121,19 +126,31 @@ def write_text(location: str | Path, text: str) -> None:
     write_bytes(location, text.encode("utf-8"))
 
 
+# What this process last wrote to each appended URI: the next append need not read it back.
+_appended: dict[str, bytes] = {}
+
+
 def append_text(location: str | Path, text: str) -> None:
-    """Append to a small log file. Object stores have no append: there the file is rewritten,
-    which is fine for logs written every few steps."""
+    """Append to a log file. Object stores have no append: there the file is rewritten whole,
+    from what this process last wrote (read from the store only on its first append, so a
+    resumed run continues the log its previous process left)."""
     if not is_uri(location):
-        Path(location).parent.mkdir(parents=True, exist_ok=True)
-        with open(location, "a") as f:
-            f.write(text)
+        try:
+            Path(location).parent.mkdir(parents=True, exist_ok=True)
+            with open(location, "a") as f:
+                f.write(text)
+        except OSError as err:
+            raise StorageError(f"cannot write {location}: {_first_line(err)}") from None
         return
-    try:
-        before = read_bytes(location)
-    except FileNotFoundError:
-        before = b""
-    write_bytes(location, before + text.encode("utf-8"))
+    key = absolute(location)
+    if key not in _appended:
+        try:
+            _appended[key] = read_bytes(location)
+        except FileNotFoundError:
+            _appended[key] = b""
+    content = _appended[key] + text.encode("utf-8")
+    write_bytes(location, content)
+    _appended[key] = content
 
 
 def listing(location: str | Path) -> dict[str, tuple[int, int]]:
@@ -188,13 +205,31 @@ def prepare_output(location: str | Path, overwrite: bool) -> None:
         raise StorageError(f"cannot write {location}: {_first_line(err)}") from None
 
 
-def upload(local: str | Path, location: str | Path) -> None:
-    """Copy a local file or folder to `location` (a folder's files land under it)."""
+def upload(local: str | Path, location: str | Path, last: str | None = None) -> None:
+    """Copy a local file or folder to `location` (a folder's files land under it). `last`
+    names the folder's file that marks it complete (a checkpoint's metadata, a dataset's
+    manifest): the old one is deleted first and the new one written after every other file,
+    so a reader never pairs a marker with missing or stale files."""
     fs, path = resolve(location)
+    local = Path(local)
     try:
-        if Path(local).is_file():  # a folder's parents pyarrow makes itself; a file's it does not
+        if local.is_file():  # a folder's parents pyarrow makes itself; a file's it does not
             fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        pafs.copy_files(str(local), path, destination_filesystem=fs, use_threads=True)
+            pafs.copy_files(str(local), path, destination_filesystem=fs)
+            return
+        if last is None or not (local / last).is_file():
+            pafs.copy_files(str(local), path, destination_filesystem=fs, use_threads=True)
+            return
+        if fs.get_file_info(f"{path}/{last}").type == pafs.FileType.File:
+            fs.delete_file(f"{path}/{last}")
+        with tempfile.TemporaryDirectory(prefix="raygpt-marker-") as aside:
+            marker = Path(aside) / last
+            (local / last).rename(marker)
+            try:
+                pafs.copy_files(str(local), path, destination_filesystem=fs, use_threads=True)
+            finally:
+                marker.rename(local / last)
+        pafs.copy_files(str(local / last), f"{path}/{last}", destination_filesystem=fs)
     except OSError as err:
         raise StorageError(f"cannot upload {local} to {location}: {_first_line(err)}") from None
 
@@ -213,42 +248,58 @@ def download(location: str | Path, local: str | Path) -> None:
 
 
 @contextlib.contextmanager
-def writing_dir(location: str | Path) -> Iterator[Path]:
+def writing_dir(location: str | Path, last: str | None = None) -> Iterator[Path]:
     """A local folder whose contents end up at `location`: the folder itself for a local path;
-    for a URI a staging folder, uploaded when the block ends without an error."""
+    for a URI a staging folder, uploaded when the block ends without an error (`last`: see
+    upload)."""
     if not is_uri(location):
-        Path(location).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(location).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StorageError(f"cannot write {location}: {_first_line(err)}") from None
         yield Path(location)
         return
     with tempfile.TemporaryDirectory(prefix="raygpt-upload-") as staging:
         yield Path(staging)
-        upload(staging, location)
+        upload(staging, location, last)
 
 
 def local_copy(location: str | Path) -> Path:
     """A local path holding `location`'s contents: the path itself when it is local; for a
     URI a cached download, fetched again only when the remote files changed (names, sizes,
     modification times), so replicas on one node share one copy."""
-    if not is_uri(location):
-        return Path(location)
+    fs, path = resolve(location)
+    if isinstance(fs, pafs.LocalFileSystem):  # a plain path or file://
+        return Path(path) if is_uri(location) else Path(location)
     files = listing(location)
     if not files:
         raise StorageError(f"not found: {location}")
-    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "raygpt") / "remote"
-    key = hashlib.sha256(absolute(location).encode()).hexdigest()[:20]
-    target = root / key / name_of(location)
     fingerprint = json.dumps(
         {"location": absolute(location), "files": sorted(files.items())}, sort_keys=True
     )
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one download per node, however many replicas ask
-        record = root / key / FINGERPRINT
-        if record.is_file() and record.read_text() == fingerprint and target.exists():
-            return target
-        shutil.rmtree(root / key, ignore_errors=True)
-        download(location, target)
-        record.write_text(fingerprint)
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "raygpt") / "remote"
+    folder = root / hashlib.sha256(absolute(location).encode()).hexdigest()[:20]
+    # One folder per version: a process still reading the previous one is not cut short by
+    # this download; older versions go once the new one is complete.
+    version = folder / hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
+    target = version / name_of(location)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one download per node, however many replicas ask
+            if (version / FINGERPRINT).is_file():
+                return target
+            shutil.rmtree(version, ignore_errors=True)
+            download(location, target)
+            (version / FINGERPRINT).write_text(fingerprint)
+            for old in folder.iterdir():
+                if old.is_dir() and old != version:
+                    shutil.rmtree(old, ignore_errors=True)
+    except OSError as err:
+        raise StorageError(
+            f"cannot cache {location} in {root} (set {CACHE_ENV} to a writable folder): "
+            f"{_first_line(err)}"
+        ) from None
     return target
 
 

@@ -32,6 +32,7 @@ from raygpt.corpus import (
 )
 from raygpt.errors import RaygptError
 from raygpt.shards import (
+    MANIFEST,
     SPLITS,
     Manifest,
     ShardWriter,
@@ -181,7 +182,7 @@ def prepare_dataset(options: PrepareOptions, inputs: CorpusInputs | None = None)
 
     # Shards are written locally (to a staging folder when out_dir is a URI, uploaded at
     # the end) by this driver alone: input order, so the same corpus gives the same bytes.
-    with storage.writing_dir(options.out_dir) as out:
+    with storage.writing_dir(options.out_dir, last=MANIFEST) as out:
         start = time.perf_counter()
         dtype = token_dtype(tokenizer.vocab_size)
         writers = {split: ShardWriter(out, split, dtype, options.shard_tokens) for split in SPLITS}

@@ -183,7 +183,8 @@ def run_training(plan: TrainingPlan, callbacks: Sequence[Any] = ()) -> TrainingR
     best = None
     if result.best_checkpoints:
         best = min(result.best_checkpoints, key=lambda item: item[1].get("val_loss", float("inf")))
-        best = best[0].path
+        # Ray's Checkpoint.path drops a URI's scheme: name it from the run folder instead.
+        best = storage.join(plan.run_dir, storage.name_of(best[0].path))
     returned = result.return_value or {}
     return TrainingResult(
         run_dir=plan.run_dir,

@@ -275,7 +275,7 @@ def _export_final(
     """The trained model as a plain raygpt checkpoint in run_dir/final, for quantize and serve."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    from raygpt.checkpoint import CheckpointMeta, save_checkpoint
+    from raygpt.checkpoint import META_FILE, CheckpointMeta, save_checkpoint
     from raygpt.train.state import FULL
 
     model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
@@ -292,7 +292,7 @@ def _export_final(
         train=loop_config["experiment"],
         extra={"best_val_loss": state.best_val_loss},
     )
-    with storage.writing_dir(storage.join(run_dir, "final")) as final:
+    with storage.writing_dir(storage.join(run_dir, "final"), last=META_FILE) as final:
         save_checkpoint(final, weights, meta)
 
 

@@ -201,7 +201,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
     sweep = SweepConfig(
         source=path,
         experiment=experiment,
-        out_dir=Path(_string(raw, "out_dir", f"runs/{path.stem}", source)),
+        out_dir=_sweep_dir(raw, path, source),
         space=space,
         base=_base_experiment(experiment, overrides, budget, source),
         overrides=overrides,
@@ -305,6 +305,16 @@ def _check_schedule(sweep: SweepConfig) -> None:
 
 def _describe(params: dict[str, Any]) -> str:
     return ", ".join(f"{key}={value}" for key, value in params.items())
+
+
+def _sweep_dir(raw: dict, path: Path, source: str) -> Path:
+    out_dir = _string(raw, "out_dir", f"runs/{path.stem}", source)
+    if "://" in out_dir:  # Tune keeps its experiment state in a folder; trials' runs follow it
+        raise ConfigError(
+            f"{source}: out_dir: a sweep needs a folder (on a cluster, on the shared "
+            f"filesystem), not a URI: {out_dir}"
+        )
+    return Path(out_dir)
 
 
 def _string(raw: dict, key: str, default: str, source: str) -> str:
