@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from raygpt import storage
-from raygpt.cli import run_cli
+from raygpt.cli import add_experiment_arguments, add_ray_arguments, run_cli
 from raygpt.config import load_experiment
 from raygpt.evaluation import comparison_table
 from raygpt.int8_release import REPORT, release_int8
@@ -28,10 +28,8 @@ PROMPTS = ["def fibonacci(n):\n", "import os\n\n\ndef ", "class Stack:\n    def 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="experiment YAML")
-    parser.add_argument("overrides", nargs="*", help="section.key=value")
-    parser.add_argument("--address", help="Ray cluster (default: $RAY_ADDRESS or a local Ray)")
-    parser.add_argument("--num-cpus", type=float, help="logical CPUs of a local Ray")
+    add_experiment_arguments(parser)
+    add_ray_arguments(parser)
     parser.add_argument(
         "--serve-config", default=None, help="default: serve_apps/serve_config.yaml"
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from raygpt.cli import run_cli
+from raygpt.cli import add_ray_arguments, run_cli
 from raygpt.data.prepare import PrepareOptions, PrepareResult, plan_inputs, prepare_dataset
 from raygpt.ray_runtime import init_ray
 from raygpt.shard_import import import_llmc, import_nanogpt
@@ -57,8 +57,7 @@ def main() -> None:
     parser.add_argument("--shard-tokens", type=int, default=1 << 24)
     parser.add_argument("--tokenizer-actors", type=int, help="default: one per cluster CPU")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    parser.add_argument("--address", help="Ray cluster (default: $RAY_ADDRESS or a local Ray)")
-    parser.add_argument("--num-cpus", type=float, help="logical CPUs of a local Ray")
+    add_ray_arguments(parser)
     args = parser.parse_args()
 
     if args.import_llmc or args.import_nanogpt:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from raygpt.cli import run_cli
+from raygpt.cli import add_experiment_arguments, add_ray_arguments, run_cli
 from raygpt.config import load_experiment
 from raygpt.ray_runtime import init_ray
 from raygpt.train.launch import plan_training, run_training, summary
@@ -20,10 +20,8 @@ from raygpt.train.launch import plan_training, run_training, summary
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="experiment YAML or nanoGPT .py config")
-    parser.add_argument("overrides", nargs="*", help="section.key=value")
-    parser.add_argument("--address", help="Ray cluster (default: $RAY_ADDRESS or a local Ray)")
-    parser.add_argument("--num-cpus", type=float, help="logical CPUs of a local Ray")
+    add_experiment_arguments(parser)
+    add_ray_arguments(parser)
     args = parser.parse_args()
 
     config = load_experiment(args.config, args.overrides)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from raygpt.cli import run_cli
+from raygpt.cli import add_ray_arguments, run_cli
 from raygpt.ray_runtime import init_ray
 from raygpt.tune.sweep import check_resume, exit_code, run_sweep, summary
 from raygpt.tune.sweep_config import load_sweep
@@ -21,8 +21,7 @@ from raygpt.tune.sweep_config import load_sweep
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="sweep YAML")
-    parser.add_argument("--address", help="Ray cluster (default: $RAY_ADDRESS or a local Ray)")
-    parser.add_argument("--num-cpus", type=float, help="logical CPUs of a local Ray")
+    add_ray_arguments(parser)
     args = parser.parse_args()
 
     sweep = load_sweep(args.config)  # the space, the base config, every trial's extremes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -19,3 +20,15 @@ def run_cli(main: Callable[[], int | None]) -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config and its `section.key=value` overrides, for the jobs that run an experiment."""
+    parser.add_argument("--config", required=True, help="experiment YAML or nanoGPT .py config")
+    parser.add_argument("overrides", nargs="*", help="section.key=value")
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the job's Ray is: the flags init_ray takes."""
+    parser.add_argument("--address", help="Ray cluster (default: $RAY_ADDRESS or a local Ray)")
+    parser.add_argument("--num-cpus", type=float, help="logical CPUs of a local Ray")
