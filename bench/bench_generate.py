@@ -5,12 +5,11 @@ token); transformers' `generate` runs the same weights, exported with raygpt's H
 All three decode greedily from the same prompt, so they must produce the same tokens.
 
     python bench/bench_generate.py                 # GPT-2 124M shape, 256 new tokens
-    python bench/bench_generate.py --n_layer 6 --n_embd 384 --n_head 6 --new_tokens 128
+    python bench/bench_generate.py --n-layer 6 --n-embd 384 --n-head 6 --new-tokens 128
 """
 
 from __future__ import annotations
 
-import argparse
 import platform
 import statistics
 import tempfile
@@ -19,8 +18,9 @@ import time
 import torch
 
 from raygpt.checkpoint import CheckpointMeta
+from raygpt.checkpoint.hf_gpt2 import export_hf_gpt2
+from raygpt.cli import JobParser
 from raygpt.config import ModelConfig
-from raygpt.hf_gpt2 import export_hf_gpt2
 from raygpt.model import GPT
 
 
@@ -34,16 +34,16 @@ def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n_layer", type=int, default=12)
-    parser.add_argument("--n_head", type=int, default=12)
-    parser.add_argument("--n_embd", type=int, default=768)
-    parser.add_argument("--block_size", type=int, default=1024)
-    parser.add_argument("--prompt_tokens", type=int, default=16)
-    parser.add_argument("--new_tokens", type=int, default=256)
+    parser = JobParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-layer", type=int, default=12)
+    parser.add_argument("--n-head", type=int, default=12)
+    parser.add_argument("--n-embd", type=int, default=768)
+    parser.add_argument("--block-size", type=int, default=1024)
+    parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3, help="for the cached decoders")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--row_major", action="store_true", help="skip use_decode_layout()")
+    parser.add_argument("--row-major", action="store_true", help="skip use_decode_layout()")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -2,7 +2,7 @@
 
 The model is GPT-2 124M's shape with random weights (speed and size do not depend on what
 the weights learned; accuracy is measured on a trained model by jobs/quantize.py). FP32
-runs as raygpt serves it on CPU (use_decode_layout); INT8 is raygpt.quantize's
+runs as raygpt serves it on CPU (use_decode_layout); INT8 is raygpt.model.int8's
 weight-only path (torchao-quantized weights, compiled fused int8 matvec).
 
     python bench/bench_quantize.py
@@ -10,7 +10,6 @@ weight-only path (torchao-quantized weights, compiled fused int8 matvec).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import platform
 import tempfile
@@ -19,18 +18,19 @@ from pathlib import Path
 import torch
 
 from raygpt.checkpoint import CheckpointMeta, save_checkpoint
+from raygpt.cli import JobParser
 from raygpt.config import ModelConfig
-from raygpt.evaluation import decode_rate
 from raygpt.model import GPT
-from raygpt.quantize import quantize_model
+from raygpt.model.int8 import quantize_model
+from raygpt.release.evaluation import decode_rate
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n_layer", type=int, default=12)
-    parser.add_argument("--n_head", type=int, default=12)
-    parser.add_argument("--n_embd", type=int, default=768)
-    parser.add_argument("--new_tokens", type=int, default=64)
+    parser = JobParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-layer", type=int, default=12)
+    parser.add_argument("--n-head", type=int, default=12)
+    parser.add_argument("--n-embd", type=int, default=768)
+    parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

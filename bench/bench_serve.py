@@ -13,7 +13,6 @@ speed-up over a single stream, all in one run on the same replica.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import json
@@ -28,6 +27,7 @@ import httpx
 import torch
 
 from raygpt.checkpoint import CheckpointMeta, save_checkpoint
+from raygpt.cli import JobParser
 from raygpt.config import load_experiment
 from raygpt.model import GPT
 
@@ -112,8 +112,8 @@ def percentile(values: list[float], q: float) -> float:
 def engine_rates(checkpoint: str, quantize: str, levels: list[int], max_tokens: int) -> dict:
     """The same model in this process, no HTTP: the engine's own tokens/s per concurrency,
     i.e. what continuous batching gives before the serving path takes its share."""
-    from raygpt.checkpoint import load_for_serving
-    from raygpt.engine import GenerationEngine, GenerationRequest
+    from raygpt.inference.engine import GenerationEngine, GenerationRequest
+    from raygpt.inference.load import load_for_serving
     from raygpt.tokenizer import get_tokenizer
 
     model, meta = load_for_serving(checkpoint, int8=quantize == "int8")
@@ -136,7 +136,7 @@ def engine_rates(checkpoint: str, quantize: str, levels: list[int], max_tokens: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = JobParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="default: configs/tiny_cpu.yaml's shape, random")
     parser.add_argument("--concurrency", default="1,4,16,32")
     parser.add_argument("--requests", type=int, default=64, help="requests per level (about)")

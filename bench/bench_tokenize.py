@@ -11,7 +11,6 @@ start-up is timed apart from the job.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import shutil
@@ -19,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from raygpt.corpus import KEPT, decode_document, resolve_inputs
+from raygpt.cli import JobParser
+from raygpt.data.corpus import KEPT, decode_document, resolve_inputs
 from raygpt.tokenizer import get_tokenizer
 
 
@@ -70,7 +70,7 @@ def ray_job(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = JobParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=3)
     parser.add_argument("--tokenizer", default="gpt2")
     parser.add_argument("--cpus", type=int, nargs="+", default=[1, 2])

@@ -1,6 +1,6 @@
 """Ray's training overhead: the same model and step as a bare PyTorch loop and through Ray Train.
 
-(a) bare: one process, windows cut from the shards with numpy, raygpt.training.train_step;
+(a) bare: one process, windows cut from the shards with numpy, raygpt.train.step.train_step;
     run twice: alone, and beside an idle local Ray (Ray's daemons share the machine's cores).
 (b) Ray: jobs/train.py's path: a TorchTrainer worker fed by the Ray Data window stream,
     same step function, same threads.
@@ -12,7 +12,6 @@ Both report the median time of a step after warm-up, excluding start-up and eval
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
@@ -24,11 +23,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from raygpt.cli import JobParser
 from raygpt.config import experiment_from_dict
+from raygpt.data.shards import cut_windows, read_manifest
 from raygpt.model import GPT
-from raygpt.run_log import read_metrics
-from raygpt.shards import cut_windows, read_manifest
-from raygpt.training import (
+from raygpt.train.run_log import read_metrics
+from raygpt.train.step import (
     choose_precision,
     configure_optimizer,
     flops_per_token,
@@ -86,14 +86,14 @@ def ray_train(config, data_dir: Path) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = JobParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=PRESETS, default="cpu")
     parser.add_argument("--data", default="data/stdlib_byte", help="prepared shards")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--grad_accum", type=int, default=1)
-    parser.add_argument("--log_interval", type=int, default=5, help="Ray path: steps per report")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--log-interval", type=int, default=5, help="Ray path: steps per report")
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--threads", type=int, default=os.cpu_count())

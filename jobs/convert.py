@@ -10,16 +10,14 @@ may be a URI (s3://...).
 
 from __future__ import annotations
 
-import argparse
-
 from raygpt import storage
 from raygpt.checkpoint import META_FILE, load_model, save_checkpoint
-from raygpt.cli import run_cli
-from raygpt.hf_gpt2 import export_hf_gpt2
+from raygpt.checkpoint.hf_gpt2 import export_hf_gpt2
+from raygpt.cli import JobParser, run_cli
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = JobParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="what to read (any supported format)")
     parser.add_argument("--out", required=True, help="folder to write")
     parser.add_argument("--to", choices=("raygpt", "hf"), default="raygpt")

@@ -8,13 +8,11 @@ and the same prompt; the first one is the baseline. Writes a JSON report (--repo
 
 from __future__ import annotations
 
-import argparse
-
 from raygpt import storage
 from raygpt.checkpoint import load_model
-from raygpt.cli import run_cli
+from raygpt.cli import JobParser, run_cli
 from raygpt.errors import RaygptError
-from raygpt.evaluation import (
+from raygpt.release.evaluation import (
     comparison_table,
     evaluate_checkpoint,
     training_dataset,
@@ -24,12 +22,12 @@ from raygpt.evaluation import (
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = JobParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", action="append", required=True, help="repeat to compare")
     parser.add_argument("--name", action="append", help="a label per checkpoint")
     parser.add_argument("--data", help="dataset folder (default: the one used in training)")
     parser.add_argument("--windows", type=int, default=64, help="val windows to score")
-    parser.add_argument("--new_tokens", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--report", help="JSON report path")
     args = parser.parse_args()
     names = args.name or [storage.name_of(c) for c in args.checkpoint]

@@ -16,18 +16,18 @@ import time
 from pathlib import Path
 
 from raygpt import storage
-from raygpt.cli import add_experiment_arguments, add_ray_arguments, run_cli
+from raygpt.cli import JobParser, add_experiment_arguments, add_ray_arguments, run_cli
 from raygpt.config import load_experiment
-from raygpt.evaluation import comparison_table
-from raygpt.int8_release import REPORT, release_int8
 from raygpt.ray_runtime import init_ray
+from raygpt.release.evaluation import comparison_table
+from raygpt.release.int8 import REPORT, release_int8
 from raygpt.train.launch import ensure_data, plan_training, run_training, summary
 
 PROMPTS = ["def fibonacci(n):\n", "import os\n\n\ndef ", "class Stack:\n    def "]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = JobParser(description=__doc__.splitlines()[0])
     add_experiment_arguments(parser)
     add_ray_arguments(parser)
     parser.add_argument(

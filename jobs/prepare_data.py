@@ -9,13 +9,11 @@ python jobs/prepare_data.py --import-nanogpt nanoGPT/data/openwebtext --out data
 
 from __future__ import annotations
 
-import argparse
-
-from raygpt.cli import add_ray_arguments, run_cli
+from raygpt.cli import JobParser, add_ray_arguments, run_cli
+from raygpt.data.import_tokens import import_llmc, import_nanogpt
 from raygpt.data.prepare import PrepareOptions, PrepareResult, plan_inputs, prepare_dataset
+from raygpt.data.shards import Manifest
 from raygpt.ray_runtime import init_ray
-from raygpt.shard_import import import_llmc, import_nanogpt
-from raygpt.shards import Manifest
 from raygpt.tokenizer import TOKENIZER_NAMES
 
 
@@ -39,7 +37,7 @@ def summary(manifest: Manifest, out: str, seconds: float | None, bytes_read: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = JobParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="dataset folder to write")
     source = parser.add_mutually_exclusive_group()
     source.add_argument(

@@ -4,21 +4,19 @@
 
 Writes an INT8 raygpt checkpoint (int8 weights and scales in safetensors: it loads without
 the original and without unpickling anything), then evaluates both on the same val windows
-and fails if the INT8 val loss is more than --max_loss_increase above the original's.
+and fails if the INT8 val loss is more than --max-loss-increase above the original's.
 """
 
 from __future__ import annotations
 
-import argparse
-
-from raygpt.cli import run_cli
-from raygpt.evaluation import comparison_table
-from raygpt.int8_release import REPORT, release_int8
-from raygpt.quantize import METHODS, WEIGHT_ONLY
+from raygpt.cli import JobParser, run_cli
+from raygpt.model.int8 import METHODS, WEIGHT_ONLY
+from raygpt.release.evaluation import comparison_table
+from raygpt.release.int8 import REPORT, release_int8
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = JobParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--checkpoint", required=True, help="the original (any format raygpt reads)"
     )
@@ -27,7 +25,7 @@ def main() -> None:
     parser.add_argument("--data", help="val data (default: the checkpoint's training dataset)")
     parser.add_argument("--windows", type=int, default=64, help="val windows to compare on")
     parser.add_argument(
-        "--max_loss_increase", type=float, default=0.01, help="relative, 0.01 = 1%%"
+        "--max-loss-increase", type=float, default=0.01, help="relative, 0.01 = 1%%"
     )
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()

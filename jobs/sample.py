@@ -1,22 +1,23 @@
 """Sample from a trained model, like nanoGPT's sample.py.
 
     python jobs/sample.py --checkpoint runs/tiny/final --prompt "def fibonacci(n):"
-    python jobs/sample.py --checkpoint ./gpt2-hf --prompt FILE:prompt.txt --num_samples 3
+    python jobs/sample.py --checkpoint ./gpt2-hf --prompt FILE:prompt.txt --num-samples 3
 
 --checkpoint takes a raygpt checkpoint, a local Hugging Face GPT-2 folder or a nanoGPT ckpt.pt.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import torch
 
-from raygpt.checkpoint import load_for_inference
-from raygpt.cli import run_cli
+from raygpt.cli import JobParser, run_cli
+from raygpt.device import pick_device
 from raygpt.errors import RaygptError
+from raygpt.inference.load import load_for_inference
+from raygpt.model.sampling import check_sampling
 from raygpt.tokenizer import TOKENIZER_NAMES, get_tokenizer
 
 
@@ -32,31 +33,29 @@ def read_prompt(text: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = JobParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder or nanoGPT ckpt.pt")
     parser.add_argument("--prompt", default="\n", help="text, or FILE:path")
-    parser.add_argument("--num_samples", type=int, default=1)
-    parser.add_argument("--max_new_tokens", type=int, default=200)
+    parser.add_argument("--num-samples", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 for greedy")
-    parser.add_argument("--top_k", type=int, default=200)
-    parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--top-k", type=int, default=200)
+    parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--tokenizer", choices=TOKENIZER_NAMES, help="override the checkpoint's")
     parser.add_argument(
-        "--no_stop", action="store_true", help="keep going past the end-of-text token"
+        "--no-stop", action="store_true", help="keep going past the end-of-text token"
     )
     args = parser.parse_args()
     if args.max_new_tokens < 1 or args.num_samples < 1:
-        raise RaygptError("--max_new_tokens and --num_samples must be >= 1")
-    if not args.temperature >= 0:
-        raise RaygptError(f"--temperature must be >= 0, got {args.temperature}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise RaygptError(f"--top_p must be in (0, 1], got {args.top_p}")
+        raise RaygptError("--max-new-tokens and --num-samples must be >= 1")
+    try:
+        check_sampling(args.temperature, args.top_k, args.top_p)
+    except ValueError as err:
+        raise RaygptError(str(err)) from None
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device(args.device)
     model, meta = load_for_inference(args.checkpoint, device)
     name = args.tokenizer or meta.tokenizer
     if name is None:

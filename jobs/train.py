@@ -10,16 +10,14 @@ resumes from its latest checkpoint.
 
 from __future__ import annotations
 
-import argparse
-
-from raygpt.cli import add_experiment_arguments, add_ray_arguments, run_cli
+from raygpt.cli import JobParser, add_experiment_arguments, add_ray_arguments, run_cli
 from raygpt.config import load_experiment
 from raygpt.ray_runtime import init_ray
 from raygpt.train.launch import plan_training, run_training, summary
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = JobParser(description=__doc__.splitlines()[0])
     add_experiment_arguments(parser)
     add_ray_arguments(parser)
     args = parser.parse_args()

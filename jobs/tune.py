@@ -10,16 +10,14 @@ command on the same out_dir resumes an interrupted sweep.
 
 from __future__ import annotations
 
-import argparse
-
-from raygpt.cli import add_ray_arguments, run_cli
+from raygpt.cli import JobParser, add_ray_arguments, run_cli
 from raygpt.ray_runtime import init_ray
 from raygpt.tune.sweep import check_resume, exit_code, run_sweep, summary
 from raygpt.tune.sweep_config import load_sweep
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = JobParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="sweep YAML")
     add_ray_arguments(parser)
     args = parser.parse_args()

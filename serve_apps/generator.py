@@ -19,8 +19,9 @@ import torch
 from ray import serve
 
 from raygpt import storage
-from raygpt.checkpoint import load_for_serving
-from raygpt.engine import GenerationEngine, GenerationRequest, GenerationUpdate
+from raygpt.device import cpu_threads, pick_device
+from raygpt.inference.engine import GenerationEngine, GenerationRequest, GenerationUpdate
+from raygpt.inference.load import load_for_serving
 from raygpt.tokenizer import get_tokenizer
 from serve_apps.metrics import ServingMetrics
 from serve_apps.settings import ServeSettings
@@ -30,11 +31,9 @@ from serve_apps.settings import ServeSettings
 class Generator:
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = ServeSettings.model_validate(settings)
-        self.device = _pick_device(self.settings.device)
+        self.device = pick_device(self.settings.device)
         if self.device.type == "cpu":
-            torch.set_num_threads(
-                self.settings.torch_threads or max(1, int(self.settings.num_cpus))
-            )
+            torch.set_num_threads(cpu_threads(self.settings.num_cpus, self.settings.torch_threads))
         self.model, meta = load_for_serving(
             self.settings.checkpoint,
             self.device,
@@ -150,11 +149,3 @@ def _merge(updates: list[GenerationUpdate]) -> GenerationUpdate:
         text="".join(u.text for u in updates),
         token_ids=[t for u in updates for t in u.token_ids],
     )
-
-
-def _pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was asked for, but this replica sees no GPU")
-    return torch.device(name)

@@ -3,19 +3,18 @@
 It validates and authenticates requests, tokenizes prompts, enforces the limits, routes
 each prompt to a generator replica through a streaming handle, and turns the generator's
 updates into OpenAI-shaped JSON or server-sent events. Errors a client can cause are
-answered here, in OpenAI's error shape, with a message that names the field or the limit;
-the generator only ever sees requests it can run.
+answered here (serve_apps.errors); the generator only ever sees requests it can run.
+Each route is a method of Ingress; `ROUTES` is the table of them.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Serve ships this class to its replicas by
+# value (cloudpickle), where string annotations could not be resolved, and FastAPI reads the
+# routes' parameter types from their annotations.
 import asyncio
 import hmac
-import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -25,7 +24,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
-from raygpt.engine import GenerationRequest
+from raygpt.inference.engine import GenerationRequest
 from raygpt.tokenizer import get_tokenizer
 from serve_apps.api import (
     CompleteRequest,
@@ -38,15 +37,25 @@ from serve_apps.api import (
     StreamOptions,
     Usage,
 )
+from serve_apps.errors import (
+    BadRequest,
+    error_response,
+    http_error,
+    invalid_body,
+    raise_if_failed,
+)
 from serve_apps.settings import ServeSettings
+from serve_apps.streaming import completion_events
 
-ENDPOINTS = ["POST /v1/completions", "GET /v1/models", "POST /complete", "GET /health", "GET /"]
-
-
-class BadRequest(HTTPException):
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(400, message)
-        self.param = param
+# (method, path, Ingress method, needs the API key, JSON response, summary)
+ROUTES = [
+    ("GET", "/", "describe", False, None, "What this service is"),
+    ("GET", "/health", "health", False, None, "200 when a generator replica answers"),
+    ("GET", "/v1/models", "models", True, ModelList, "The model served here"),
+    ("POST", "/v1/completions", "completions", True, CompletionResponse, "OpenAI completions"),
+    ("POST", "/complete", "complete", True, CompleteResponse, "The seed's code completion"),
+]
+ENDPOINTS = [f"{method} {path}" for method, path, *_ in ROUTES]
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=1024)
@@ -58,13 +67,156 @@ class Ingress:
         self.api_key = os.environ.get(self.settings.api_key_env) or None
         # Waits for a generator replica: the ingress is ready when the model is.
         self.info = await generator.info.remote()
+        self.model_name = self.info["model"]
         self.tokenizer = get_tokenizer(self.info["tokenizer"])
         self.created = int(time.time())
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_api(self)
+        api = FastAPI(
+            title="raygpt",
+            description="Code completion from a raygpt GPT: OpenAI-compatible /v1/completions "
+            "with streaming, and the seed's /complete.",
+            version="0.1.0",
+        )
+        api.add_exception_handler(HTTPException, http_error)
+        api.add_exception_handler(RequestValidationError, invalid_body)
+        api.middleware("http")(self.limit_body)
+        for method, path, name, private, response, summary in ROUTES:
+            api.add_api_route(
+                path,
+                getattr(self, name),
+                methods=[method],
+                summary=summary,
+                dependencies=[Depends(self.authorized)] if private else None,
+                response_model=response,  # a StreamingResponse passes through as it is
+            )
+        return api
 
-    # -- turning HTTP requests into generator requests --------------------------------------
+    # -- guards ------------------------------------------------------------------------------
+
+    async def limit_body(self, request: Request, call_next):
+        length = request.headers.get("content-length")
+        limit = self.settings.max_request_bytes
+        if length is not None and length.isdigit() and int(length) > limit:
+            return error_response(413, f"the request body is {length} bytes; the limit is {limit}")
+        return await call_next(request)
+
+    async def authorized(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        sent = request.headers.get("authorization", "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {self.api_key}".encode()):
+            raise HTTPException(
+                401,
+                "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    # -- routes ------------------------------------------------------------------------------
+
+    async def describe(self) -> dict[str, Any]:
+        settings = self.settings
+        return {
+            "service": "raygpt",
+            **self.info,
+            "limits": {
+                "max_tokens": settings.max_tokens_limit,
+                "max_prompts": settings.max_prompts,
+                "max_request_bytes": settings.max_request_bytes,
+                "request_timeout_s": settings.request_timeout_s,
+            },
+            "auth": "bearer" if self.api_key else "none",
+            "endpoints": ENDPOINTS,
+            "docs": "/docs",
+        }
+
+    async def health(self) -> JSONResponse:
+        try:
+            stats = await asyncio.wait_for(self.generator.stats.remote(), timeout=10)
+        except Exception as err:
+            return error_response(
+                503, f"the generator does not answer: {type(err).__name__}: {err}"
+            )
+        return JSONResponse({"status": "ok", "model": self.model_name, "engine": stats})
+
+    async def models(self) -> ModelList:
+        return ModelList(data=[ModelCard(id=self.model_name, created=self.created)])
+
+    async def completions(self, body: CompletionRequest) -> CompletionResponse | StreamingResponse:
+        if body.model is not None and body.model != self.model_name:
+            raise HTTPException(
+                404, f"model: {body.model!r} is not served here; use {self.model_name!r}"
+            )
+        if body.n != 1:
+            raise BadRequest("n: only n=1 is supported", "n")
+        if body.logprobs is not None:
+            raise BadRequest("logprobs: not supported", "logprobs")
+        if body.echo:
+            raise BadRequest("echo: not supported", "echo")
+        self.check_max_tokens(body.max_tokens)
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if len(stop) > 4:
+            raise BadRequest(f"stop: {len(stop)} stop strings; the limit is 4", "stop")
+        requests = self.requests(
+            body.prompt,
+            max_tokens=body.max_tokens,
+            temperature=body.temperature,
+            top_k=body.top_k,
+            top_p=body.top_p,
+            seed=body.seed,
+            stop=tuple(stop),
+            stop_at_eot=not body.ignore_eos,
+        )
+        completion_id = f"cmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        if body.stream:
+            events = completion_events(
+                [self.generate(r) for r in requests],
+                requests,
+                completion_id,
+                created,
+                self.model_name,
+                body.stream_options or StreamOptions(),
+            )
+            return StreamingResponse(events, media_type="text/event-stream")
+        results = await self.within_timeout(
+            asyncio.gather(*(self.complete_one(r) for r in requests))
+        )
+        prompt_tokens = sum(len(r.prompt) for r in requests)
+        completion_tokens = sum(r["completion_tokens"] for r in results)
+        return CompletionResponse(
+            id=completion_id,
+            created=created,
+            model=self.model_name,
+            choices=[
+                CompletionChoice(text=r["text"], index=i, finish_reason=r["finish_reason"])
+                for i, r in enumerate(results)
+            ],
+            usage=Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            ),
+        )
+
+    async def complete(self, body: CompleteRequest) -> CompleteResponse:
+        self.check_max_tokens(body.max_tokens)
+        (request,) = self.requests(
+            body.code,
+            max_tokens=body.max_tokens,
+            temperature=body.temperature,
+            top_k=body.top_k or None,
+        )
+        result = await self.within_timeout(self.complete_one(request))
+        return CompleteResponse(
+            completion=result["text"],
+            full_code=body.code + result["text"],
+            tokens_generated=result["completion_tokens"],
+            finish_reason=result["finish_reason"],
+            model=self.model_name,
+        )
+
+    # -- from HTTP requests to generator requests ------------------------------------------
 
     def requests(
         self, prompt: str | list[str] | list[int] | list[list[int]], **sampling: Any
@@ -111,265 +263,14 @@ class Ingress:
         async for update in self.generate(request):
             text.append(update["text"])
             last = update
-        _raise_if_failed(last)
+        raise_if_failed(last)
         return {**last, "text": "".join(text)}
 
-
-def build_api(service: Ingress) -> FastAPI:
-    api = FastAPI(
-        title="raygpt",
-        description="Code completion from a raygpt GPT: OpenAI-compatible /v1/completions "
-        "with streaming, and the seed's /complete.",
-        version="0.1.0",
-    )
-    settings = service.settings
-    model_name = service.info["model"]
-
-    @api.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), getattr(exc, "param", None), exc.headers)
-
-    @api.exception_handler(RequestValidationError)
-    async def invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, *_describe_invalid(exc.errors()))
-
-    @api.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
-            return _error(
-                413,
-                f"the request body is {length} bytes; the limit is {settings.max_request_bytes}",
-            )
-        return await call_next(request)
-
-    async def authorized(request: Request) -> None:
-        if service.api_key is None:
-            return
-        sent = request.headers.get("authorization", "")
-        if not hmac.compare_digest(sent.encode(), f"Bearer {service.api_key}".encode()):
-            raise HTTPException(
-                401,
-                "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
-    @api.get("/", summary="What this service is")
-    async def root() -> dict[str, Any]:
-        return {
-            "service": "raygpt",
-            **service.info,
-            "limits": {
-                "max_tokens": settings.max_tokens_limit,
-                "max_prompts": settings.max_prompts,
-                "max_request_bytes": settings.max_request_bytes,
-                "request_timeout_s": settings.request_timeout_s,
-            },
-            "auth": "bearer" if service.api_key else "none",
-            "endpoints": ENDPOINTS,
-            "docs": "/docs",
-        }
-
-    @api.get("/health", summary="200 when a generator replica answers")
-    async def health() -> JSONResponse:
+    async def within_timeout(self, awaitable):
+        timeout = self.settings.request_timeout_s
         try:
-            stats = await asyncio.wait_for(service.generator.stats.remote(), timeout=10)
-        except Exception as err:
-            return _error(503, f"the generator does not answer: {type(err).__name__}: {err}")
-        return JSONResponse({"status": "ok", "model": model_name, "engine": stats})
-
-    @api.get("/v1/models", dependencies=[Depends(authorized)])
-    async def models() -> ModelList:
-        return ModelList(data=[ModelCard(id=model_name, created=service.created)])
-
-    @api.post("/v1/completions", dependencies=[Depends(authorized)], response_model=None)
-    async def completions(body: CompletionRequest) -> CompletionResponse | StreamingResponse:
-        if body.model is not None and body.model != model_name:
+            return await asyncio.wait_for(awaitable, timeout=timeout)
+        except asyncio.TimeoutError:
             raise HTTPException(
-                404, f"model: {body.model!r} is not served here; use {model_name!r}"
-            )
-        if body.n != 1:
-            raise BadRequest("n: only n=1 is supported", "n")
-        if body.logprobs is not None:
-            raise BadRequest("logprobs: not supported", "logprobs")
-        if body.echo:
-            raise BadRequest("echo: not supported", "echo")
-        service.check_max_tokens(body.max_tokens)
-        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        if len(stop) > 4:
-            raise BadRequest(f"stop: {len(stop)} stop strings; the limit is 4", "stop")
-        requests = service.requests(
-            body.prompt,
-            max_tokens=body.max_tokens,
-            temperature=body.temperature,
-            top_k=body.top_k,
-            top_p=body.top_p,
-            seed=body.seed,
-            stop=tuple(stop),
-            stop_at_eot=not body.ignore_eos,
-        )
-        completion_id = f"cmpl-{uuid.uuid4().hex}"
-        created = int(time.time())
-        if body.stream:
-            options = body.stream_options or StreamOptions()
-            events = _stream_events(service, requests, completion_id, created, model_name, options)
-            return StreamingResponse(events, media_type="text/event-stream")
-        results = await _within(
-            asyncio.gather(*(service.complete_one(r) for r in requests)), settings
-        )
-        prompt_tokens = sum(len(r.prompt) for r in requests)
-        completion_tokens = sum(r["completion_tokens"] for r in results)
-        return CompletionResponse(
-            id=completion_id,
-            created=created,
-            model=model_name,
-            choices=[
-                CompletionChoice(text=r["text"], index=i, finish_reason=r["finish_reason"])
-                for i, r in enumerate(results)
-            ],
-            usage=Usage(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
-            ),
-        )
-
-    @api.post("/complete", dependencies=[Depends(authorized)])
-    async def complete(body: CompleteRequest) -> CompleteResponse:
-        service.check_max_tokens(body.max_tokens)
-        (request,) = service.requests(
-            body.code,
-            max_tokens=body.max_tokens,
-            temperature=body.temperature,
-            top_k=body.top_k or None,
-        )
-        result = await _within(service.complete_one(request), settings)
-        return CompleteResponse(
-            completion=result["text"],
-            full_code=body.code + result["text"],
-            tokens_generated=result["completion_tokens"],
-            finish_reason=result["finish_reason"],
-            model=model_name,
-        )
-
-    return api
-
-
-async def _stream_events(
-    service: Ingress,
-    requests: list[GenerationRequest],
-    completion_id: str,
-    created: int,
-    model_name: str,
-    options: StreamOptions,
-) -> AsyncIterator[str]:
-    """Server-sent events: one chunk per update of any prompt (tagged by its index), then a
-    usage chunk if asked for, then `data: [DONE]`. With `continuous_usage_stats` (as vLLM)
-    every chunk carries its prompt's token counts so far. A client that disconnects cancels this
-    generator, and with it every generator stream (their slots are freed)."""
-    merged: asyncio.Queue[tuple[int, dict[str, Any] | None]] = asyncio.Queue()
-    streams = [service.generate(r) for r in requests]
-
-    async def pump(index: int, stream) -> None:
-        async for update in stream:
-            await merged.put((index, update))
-        await merged.put((index, None))
-
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
-    completion_tokens, open_streams = 0, len(tasks)
-    try:
-        while open_streams:
-            index, update = await merged.get()
-            if update is None:
-                open_streams -= 1
-                continue
-            if update["error"]:
-                yield _sse({"error": {"message": update["error"], "type": "server_error"}})
-                return
-            reason = update["finish_reason"]
-            if reason is not None:
-                completion_tokens += update["completion_tokens"]
-            if not update["text"] and reason is None:
-                continue
-            chunk = CompletionResponse(
-                id=completion_id,
-                created=created,
-                model=model_name,
-                choices=[CompletionChoice(text=update["text"], index=index, finish_reason=reason)],
-            )
-            if options.continuous_usage_stats:
-                prompt, done = update["prompt_tokens"], update["completion_tokens"]
-                chunk.usage = Usage(
-                    prompt_tokens=prompt, completion_tokens=done, total_tokens=prompt + done
-                )
-            yield _sse(chunk.model_dump(exclude_none=True))
-        for task in tasks:
-            task.result()  # a failed generator call surfaces here
-        if options.include_usage:
-            prompt_tokens = sum(len(r.prompt) for r in requests)
-            usage = Usage(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
-            )
-            yield _sse(
-                {
-                    "id": completion_id,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": model_name,
-                    "choices": [],
-                    "usage": usage.model_dump(),
-                }
-            )
-        yield "data: [DONE]\n\n"
-    finally:
-        for task in tasks:
-            task.cancel()
-        for stream in streams:
-            stream.cancel()
-
-
-def _describe_invalid(errors) -> tuple[str, str | None]:
-    """One line naming each bad field. A field of several accepted types (prompt) fails once
-    per type: say which types it takes instead of repeating the failure."""
-    by_field: dict[str, list] = {}
-    for error in errors:
-        where = [str(part) for part in error["loc"] if part != "body"] or ["body"]
-        by_field.setdefault(where[0], []).append((where, error["msg"]))
-    problems = []
-    for name, found in by_field.items():
-        if len(found) > 1 and all(len(where) > 1 for where, _ in found):
-            kinds = ", ".join(dict.fromkeys(where[1] for where, _ in found))
-            problems.append(f"{name}: should be one of {kinds}")
-        else:
-            problems.extend(f"{'.'.join(where)}: {message}" for where, message in found)
-    return "; ".join(problems), next(iter(by_field), None)
-
-
-def _sse(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
-
-
-async def _within(awaitable, settings: ServeSettings):
-    try:
-        return await asyncio.wait_for(awaitable, timeout=settings.request_timeout_s)
-    except asyncio.TimeoutError:
-        raise HTTPException(
-            504, f"generation took longer than request_timeout_s={settings.request_timeout_s}"
-        ) from None
-
-
-def _raise_if_failed(update: dict[str, Any] | None) -> None:
-    if update is None or update["finish_reason"] not in ("stop", "length"):
-        reason = "no result" if update is None else update["error"] or update["finish_reason"]
-        raise HTTPException(500, f"generation failed: {reason}")
-
-
-def _error(
-    status: int, message: str, param: str | None = None, headers: dict | None = None
-) -> JSONResponse:
-    kinds = {401: "authentication_error", 404: "not_found_error", 413: "request_too_large"}
-    kind = kinds.get(status, "invalid_request_error" if status < 500 else "server_error")
-    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
-    return JSONResponse(body, status_code=status, headers=headers)
+                504, f"generation took longer than request_timeout_s={timeout}"
+            ) from None

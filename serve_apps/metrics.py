@@ -7,7 +7,7 @@ import threading
 
 from ray.util import metrics
 
-from raygpt.engine import EngineStats
+from raygpt.inference.engine import EngineStats
 
 # Time to first token spans queueing and prefill: from a few ms to many seconds under load.
 TTFT_BOUNDARIES = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]

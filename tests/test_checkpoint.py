@@ -5,9 +5,9 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from raygpt.checkpoint import CheckpointMeta, load_model, save_checkpoint
+from raygpt.checkpoint.hf_gpt2 import export_hf_gpt2
 from raygpt.config import ModelConfig
 from raygpt.errors import CheckpointError
-from raygpt.hf_gpt2 import export_hf_gpt2
 from raygpt.model import GPT
 
 from .conftest import make_hf_gpt2

@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 
 from raygpt import storage
-from raygpt.int8_release import REPORT
-from raygpt.run_log import read_metrics
+from raygpt.release.int8 import REPORT
+from raygpt.train.run_log import read_metrics
 
 from .conftest import free_port
 

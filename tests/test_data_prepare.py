@@ -7,10 +7,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raygpt.corpus import KEPT, content_hash, decode_document, resolve_inputs
+from raygpt.data.corpus import KEPT, content_hash, decode_document, resolve_inputs
 from raygpt.data.prepare import PrepareOptions, prepare_dataset
+from raygpt.data.shards import file_sha256, read_manifest
 from raygpt.errors import RaygptError
-from raygpt.shards import file_sha256, read_manifest
 from raygpt.tokenizer import get_tokenizer
 
 

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
+from raygpt.data.import_tokens import import_llmc, import_nanogpt
+from raygpt.data.shards import cut_windows, read_llmc_bin, write_llmc_bin
 from raygpt.data.stream import window_dataset
 from raygpt.errors import RaygptError
-from raygpt.shard_import import import_llmc, import_nanogpt
-from raygpt.shards import cut_windows, read_llmc_bin, write_llmc_bin
 
 BLOCK = 64
 

@@ -6,11 +6,16 @@ import pytest
 import torch
 
 from raygpt.config import ModelConfig
-from raygpt.engine import GenerationEngine, GenerationRequest, GenerationUpdate, generate_alone
-from raygpt.kv_cache import KVCache
+from raygpt.inference.engine import (
+    GenerationEngine,
+    GenerationRequest,
+    GenerationUpdate,
+    generate_alone,
+)
+from raygpt.inference.text_stream import TextStream
 from raygpt.model import GPT
-from raygpt.quantize import quantize_model
-from raygpt.text_stream import TextStream
+from raygpt.model.int8 import quantize_model
+from raygpt.model.kv_cache import KVCache
 from raygpt.tokenizer import get_tokenizer
 
 BYTES = get_tokenizer("byte")

@@ -3,9 +3,9 @@ import torch
 
 from raygpt.checkpoint import load_model
 from raygpt.config import ModelConfig
-from raygpt.kv_cache import KVCache
 from raygpt.model import GPT
-from raygpt.sampling import sample_next_token
+from raygpt.model.kv_cache import KVCache
+from raygpt.model.sampling import sample_next_token
 
 SMALL = ModelConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=300, bias=False)
 

@@ -8,8 +8,8 @@ import torch
 
 from raygpt.checkpoint import load_model, save_checkpoint
 from raygpt.errors import CheckpointError
-from raygpt.evaluation import mean_loss, val_windows
-from raygpt.quantize import Int8Linear, quantize_model
+from raygpt.model.int8 import Int8Linear, quantize_model
+from raygpt.release.evaluation import mean_loss, val_windows
 
 from .conftest import run_job
 
@@ -46,14 +46,25 @@ def test_int8_accuracy_and_greedy_generation_match_the_original(
     base, quantized = mean_loss(original, windows), mean_loss(int8, windows)
     assert base < 3.0  # the model did learn (uniform over bytes would be ~5.5)
     assert abs(quantized - base) / base < 0.01
-    # Greedy continuations of real code: the first 16 new tokens must be identical. INT8 moves
-    # logits by well under 1%, so greedy choices only flip where the top two are nearly tied;
-    # after a flip the texts legitimately diverge, so a prefix (not the whole text) is compared.
+    # Greedy choices of real code: along the original's greedy continuation, INT8 picks the same
+    # next token wherever the original's choice is clear (top two logits 0.1 apart; INT8 moves
+    # logits by about 0.01 here). Near-ties may flip, and after a flip two texts legitimately
+    # diverge, so choices are compared position by position on one shared text (teacher forcing).
+    clear = agree = 0
     for prompt in ("def __init__(self", "import os\nimport ", "    return "):
         ids = torch.tensor([list(prompt.encode())])
-        a = original.generate(ids, 32, temperature=0)[0, ids.shape[1] :]
-        b = int8.generate(ids, 32, temperature=0)[0, ids.shape[1] :]
-        assert torch.equal(a[:16], b[:16]), (bytes(a.tolist()), bytes(b.tolist()))
+        text = original.generate(ids, 32, temperature=0)
+        with torch.no_grad():
+            a = original(text)[0][0, ids.shape[1] - 1 : -1, :257]
+            b = int8(text)[0][0, ids.shape[1] - 1 : -1, :257]
+        assert (a - b).abs().max() < 0.05 * a.abs().max()
+        top2 = a.topk(2, dim=-1).values
+        margin = top2[:, 0] - top2[:, 1]
+        decided = margin > 0.1
+        clear += int(decided.sum())
+        agree += int((a.argmax(-1) == b.argmax(-1))[decided].sum())
+    assert clear >= 48  # most of the 96 choices are clear: the check is not vacuous
+    assert agree == clear
 
 
 def test_quantizing_twice_is_refused(trained_tiny, tmp_path):

@@ -11,11 +11,11 @@ from raygpt import storage
 from raygpt.checkpoint import load_model
 from raygpt.config import experiment_from_dict
 from raygpt.data.prepare import PrepareOptions, prepare_dataset
-from raygpt.int8_release import REPORT, release_int8
-from raygpt.quantize import is_quantized
-from raygpt.run_log import read_metrics
-from raygpt.shards import read_manifest
+from raygpt.data.shards import read_manifest
+from raygpt.model.int8 import is_quantized
+from raygpt.release.int8 import REPORT, release_int8
 from raygpt.train.launch import plan_training, run_training
+from raygpt.train.run_log import read_metrics
 
 from .test_train import TINY
 

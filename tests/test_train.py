@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from raygpt.checkpoint import load_model
+from raygpt.checkpoint import load_model, read_meta
 from raygpt.config import experiment_from_dict
 from raygpt.model import GPT
-from raygpt.run_log import read_metrics
 from raygpt.train.launch import plan_training, run_training
 from raygpt.train.loop import FAILURE_ENV
+from raygpt.train.run_log import read_metrics
 
 from .conftest import REPO, run_job
 
@@ -127,6 +127,23 @@ def test_a_worker_that_dies_is_restarted_from_the_last_checkpoint(
     assert load_model(result.final_model)[1].step == 8
 
 
+def test_always_save_checkpoint_false_saves_only_improvements_and_the_last(
+    ray_session, byte_shards, tmp_path
+):
+    """nanoGPT's switch: with it off, an evaluation that does not improve writes nothing."""
+    frozen = {"learning_rate": 0.0, "min_lr": 0.0, "eval_interval": 2, "log_interval": 2}
+    train(
+        experiment(byte_shards, tmp_path / "off", train={**frozen, "always_save_checkpoint": False})
+    )
+    train(experiment(byte_shards, tmp_path / "on", train=frozen))
+    # lr 0: the val loss of step 2 is never beaten, so step 4 is not saved; the last always is
+    assert sorted(p.name for p in (tmp_path / "off").glob("step_*")) == [
+        "step_000002",
+        "step_000006",
+    ]
+    assert len(list((tmp_path / "on").glob("step_*"))) == 3
+
+
 def test_tiny_config_learns_on_stdlib_shards(ray_session, byte_shards, tmp_path):
     config = experiment(
         byte_shards,
@@ -151,6 +168,9 @@ def test_tiny_config_learns_on_stdlib_shards(ray_session, byte_shards, tmp_path)
     records = [r for r in read_metrics(tmp_path / "learn") if "tokens_per_s" in r]
     assert all(r["tokens_per_s"] > 0 and r["mfu"] is None for r in records)  # CPU: MFU is n/a
     assert result.best_val_loss == min(vals[1:])
+    # every checkpoint of the run records it under one key: the step checkpoints and final/
+    for checkpoint in (result.best_checkpoint, result.final_model):
+        assert read_meta(checkpoint).extra == {"best_val_loss": result.best_val_loss}
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ import yaml
 
 from raygpt.config import load_experiment
 from raygpt.errors import ConfigError
-from raygpt.run_log import read_metrics
+from raygpt.train.run_log import read_metrics
 from raygpt.tune.sweep import check_resume
 from raygpt.tune.sweep_config import load_sweep
 

@@ -1,4 +1,5 @@
-"""Shared plumbing for the entrypoints in jobs/: one clear line on user errors."""
+"""Shared plumbing for the entrypoints in jobs/ (and bench/): one flag spelling, one clear
+line on user errors."""
 
 from __future__ import annotations
 
@@ -7,6 +8,23 @@ import sys
 from collections.abc import Callable
 
 from raygpt.errors import RaygptError
+
+
+class JobParser(argparse.ArgumentParser):
+    """argparse with one flag spelling, `--max-new-tokens`. nanoGPT's `--max_new_tokens`
+    is accepted too (commands people already have keep working) but never shown."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([self._canonical(a) for a in args], namespace)
+
+    def _canonical(self, arg: str) -> str:
+        if not arg.startswith("--") or "_" not in arg:
+            return arg
+        flag, sep, value = arg.partition("=")
+        kebab = flag.replace("_", "-")
+        known = self._option_string_actions
+        return kebab + sep + value if kebab in known and flag not in known else arg
 
 
 def run_cli(main: Callable[[], int | None]) -> None:

@@ -93,7 +93,9 @@ class TrainConfig:
     eval_interval: int = 250
     eval_iters: int = 20
     log_interval: int = 10
-    always_save_checkpoint: bool = True
+    always_save_checkpoint: bool = (
+        True  # False: checkpoint only when val loss improves (and at the end)
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     compile: bool = False
     activation_checkpointing: bool = False  # recompute block activations in backward: less memory

@@ -30,7 +30,8 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: b
     ray.init(address="local", num_cpus=cpus, **kwargs)
 
 
-def cluster_cpus() -> float:
+def cluster_cpus() -> int:
+    """Whole logical CPUs of the connected cluster (at least 1): how wide to fan work out."""
     import ray
 
-    return float(ray.cluster_resources().get("CPU", 1))
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))

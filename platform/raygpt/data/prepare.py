@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raygpt import storage
-from raygpt.corpus import (
+from raygpt.data.corpus import (
     DUPLICATE,
     KEPT,
     CorpusInputs,
@@ -30,8 +30,7 @@ from raygpt.corpus import (
     size_status,
     split_of,
 )
-from raygpt.errors import RaygptError
-from raygpt.shards import (
+from raygpt.data.shards import (
     MANIFEST,
     SPLITS,
     Manifest,
@@ -39,6 +38,8 @@ from raygpt.shards import (
     token_dtype,
     write_manifest,
 )
+from raygpt.errors import RaygptError
+from raygpt.ray_runtime import cluster_cpus
 from raygpt.tokenizer import get_tokenizer
 
 READ_CPUS = 0.25  # reading files is I/O: leave the cores to the tokenizers
@@ -163,7 +164,7 @@ def prepare_dataset(options: PrepareOptions, inputs: CorpusInputs | None = None)
 
     context = DataContext.get_current()
     context.execution_options.preserve_order = True  # shards follow input order: deterministic
-    actors = options.tokenizer_actors or _cluster_cpus()
+    actors = options.tokenizer_actors or cluster_cpus()
     if not inputs.tables:  # no more actors than blocks to give them
         actors = min(actors, -(-len(inputs.files) // FILES_PER_BLOCK))
     documents = _read_documents(inputs, options.text_column).map_batches(
@@ -246,7 +247,7 @@ def _read_documents(inputs: CorpusInputs, text_column: str):
     parts = []
     if inputs.files:
         # Paths only: the tokenizer actors read the files themselves, in large batches.
-        blocks = max(1, min(-(-len(inputs.files) // FILES_PER_BLOCK), 4 * _cluster_cpus()))
+        blocks = max(1, min(-(-len(inputs.files) // FILES_PER_BLOCK), 4 * cluster_cpus()))
         paths = [{"path": path} for path in inputs.files]
         parts.append(ray.data.from_items(paths, override_num_blocks=blocks))
     jsonl = [t for t in inputs.tables if t.endswith(".jsonl")]
@@ -268,12 +269,6 @@ def _read_file(path: str) -> bytes:
             return f.read()
     except OSError:
         return b""  # vanished or unreadable since listing: counted as empty, never fatal
-
-
-def _cluster_cpus() -> int:
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def _rows_as_documents(rows, text_column: str):

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from raygpt.data.shards import cut_windows, read_manifest
 from raygpt.errors import RaygptError
-from raygpt.shards import cut_windows, read_manifest
 
 DOCS_PER_WINDOW_BATCH = (
     256  # documents joined before cutting: the tail lost per batch is < 1 window

@@ -17,18 +17,9 @@ compute than the few MB of tokens it reads.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-
-@dataclass
-class StreamPosition:
-    """Where training is in the data: the epoch (its shuffle seed) and global batches used."""
-
-    epoch: int = 0
-    batches_into_epoch: int = 0
 
 
 def to_xy(windows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,12 +21,12 @@ from typing import Any
 from raygpt import storage
 from raygpt.checkpoint import checkpoint_format, read_meta, read_model_config
 from raygpt.config import ExperimentConfig
-from raygpt.corpus import STDLIB
+from raygpt.data.corpus import STDLIB
+from raygpt.data.shards import MANIFEST, Manifest, dataset_dir, read_manifest
 from raygpt.data.stream import window_dataset
 from raygpt.errors import CheckpointError, ConfigError, RaygptError
-from raygpt.run_log import LOSS_PLOT, METRICS_FILE, plot_losses, read_metrics
-from raygpt.shards import MANIFEST, Manifest, dataset_dir, read_manifest
 from raygpt.train.loop import FAILURE_ENV, train_loop_per_worker
+from raygpt.train.run_log import LOSS_PLOT, METRICS_FILE, plot_losses, read_metrics
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
 

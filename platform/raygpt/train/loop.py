@@ -1,9 +1,17 @@
-"""The loop every Ray Train worker runs: data from Ray Data, steps from raygpt.training."""
+"""The loop every Ray Train worker runs: data from Ray Data, steps from raygpt.train.step.
+
+One run on one worker goes through named phases, in order:
+
+    set-up      the model (fresh or pretrained), DDP/FSDP, optimizer, this rank's data
+    resume      weights, optimizer and data position from Ray Train's latest checkpoint
+    train       optimizer steps, epoch after epoch; every so often log, evaluate, checkpoint
+    export      the trained model as a plain raygpt checkpoint in run_dir/final
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -15,19 +23,22 @@ import torch
 import torch.distributed as dist
 
 from raygpt import storage
-from raygpt.checkpoint import load_model
+from raygpt.checkpoint import META_FILE, load_model, save_checkpoint
 from raygpt.config import ExperimentConfig, experiment_from_dict
+from raygpt.device import cpu_threads
 from raygpt.model import GPT
-from raygpt.run_log import append_metrics
 from raygpt.train.batches import epoch_windows, fixed_batches, rank_steps, to_xy
 from raygpt.train.metrics import TrainMetrics
+from raygpt.train.run_log import append_metrics
 from raygpt.train.state import (
+    FULL,
     TrainState,
+    checkpoint_meta,
     gather_full_state,
     restore_training_checkpoint,
     write_training_checkpoint,
 )
-from raygpt.training import (
+from raygpt.train.step import (
     choose_precision,
     configure_optimizer,
     evaluate_loss,
@@ -44,165 +55,285 @@ FAILURE_ENV = "RAYGPT_INJECT_FAILURE"
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
-    import ray
-    import ray.train
-
     _quiet_train_logs()
-    config = experiment_from_dict(loop_config["experiment"], source="<train loop>")
-    train, scaling = config.train, config.scaling
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    torch.set_num_threads(scaling.torch_threads or max(1, math.ceil(scaling.cpus_per_worker)))
-    run_dir = loop_config["run_dir"]  # a folder or a URI (raygpt.storage)
+    run = WorkerRun(loop_config)
+    run.resume()
+    run.train()
+    run.export_final()
+    return {
+        "step": run.state.step,
+        "best_val_loss": run.state.best_val_loss,
+        "epochs": run.state.epoch,
+    }
 
-    model = build_model(config, loop_config.get("init_weights"), device)
-    set_activation_checkpointing(model, train.activation_checkpointing)
-    precision = choose_precision(train.dtype, device)
-    wrapped, no_sync = wrap_model(model, scaling.strategy, device, world)
-    optimizer = configure_optimizer(wrapped, train, device.type)
 
-    nodes = [ray.get_runtime_context().get_node_id()] * world
-    if world > 1:
-        dist.all_gather_object(nodes, nodes[0])
-    state = TrainState()
-    resume = ray.train.get_checkpoint()
-    if resume is not None:
-        with resume.as_directory() as directory:
-            state = restore_training_checkpoint(Path(directory), wrapped, optimizer)
-        state.history.append({"resumed_at": state.step, "world_size": world})
-        if rank == 0:
-            say(f"resumed from step {state.step} (epoch {state.epoch})")
-            append_metrics(run_dir, {"event": "resumed", "step": state.step})
-    if rank == 0:
-        append_metrics(
-            run_dir, {"event": "started", "step": state.step, "world_size": world, "nodes": nodes}
+class WorkerRun:
+    """One worker's share of a training run; rank 0 also logs, reports metrics and writes."""
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    def __init__(self, loop_config: dict[str, Any]) -> None:
+        import ray.train
+
+        self.loop_config = loop_config
+        self.config = experiment_from_dict(loop_config["experiment"], source="<train loop>")
+        self.train_config, scaling = self.config.train, self.config.scaling
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.device = ray.train.torch.get_device()
+        torch.set_num_threads(cpu_threads(scaling.cpus_per_worker, scaling.torch_threads))
+        self.run_dir = loop_config["run_dir"]  # a folder or a URI (raygpt.storage)
+        self.strategy = scaling.strategy
+
+        self.model = build_model(self.config, loop_config.get("init_weights"), self.device)
+        set_activation_checkpointing(self.model, self.train_config.activation_checkpointing)
+        self.precision = choose_precision(self.train_config.dtype, self.device)
+        self.wrapped, self.no_sync = wrap_model(self.model, self.strategy, self.device, self.world)
+        self.optimizer = configure_optimizer(self.wrapped, self.train_config, self.device.type)
+        self.state = TrainState()
+
+        train = self.train_config
+        self.tokens_per_step = (
+            self.world
+            * train.gradient_accumulation_steps
+            * train.batch_size
+            * self.config.model.block_size
         )
-    if train.compile:
-        wrapped = torch.compile(wrapped)
+        self.flops_per_token = flops_per_token(self.config.model, self.model.num_params())
+        self.peak_flops = peak_flops(self.device, self.precision.name)
+        self.checkpoint_every = train.checkpoint_interval or train.eval_interval
+        self.failure = _failure_plan(self.rank)
 
-    train_data = ray.train.get_dataset_shard("train")
-    val_windows = fixed_batches(
-        ray.train.get_dataset_shard("val"), train.batch_size, train.eval_iters, rank, world
-    )
-    val_batches = [to_xy(w, device) for w in val_windows]
-    metrics = TrainMetrics(storage.name_of(run_dir), state.tokens_seen) if rank == 0 else None
-    flops_token = flops_per_token(config.model, model.num_params())
-    peak = peak_flops(device, precision.name)
-    tokens_per_step = (
-        world * train.gradient_accumulation_steps * train.batch_size * config.model.block_size
-    )
-    checkpoint_every = train.checkpoint_interval or train.eval_interval
-    failure = _failure_plan(rank)
+    @property
+    def lead(self) -> bool:
+        """Rank 0 speaks for the run: the console, metrics.jsonl, Prometheus, checkpoints."""
+        return self.rank == 0
 
-    def evaluate() -> float:
-        total, count = evaluate_loss(wrapped, val_batches, precision)
-        summed = torch.tensor([total, count], dtype=torch.float64, device=device)
-        if world > 1:
+    # -- resume ----------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        """Continue from Ray Train's latest checkpoint if there is one, then open the data."""
+        import ray
+        import ray.train
+
+        nodes = [ray.get_runtime_context().get_node_id()] * self.world
+        if self.world > 1:
+            dist.all_gather_object(nodes, nodes[0])
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                self.state = restore_training_checkpoint(
+                    Path(directory), self.wrapped, self.optimizer
+                )
+            self.state.history.append({"resumed_at": self.state.step, "world_size": self.world})
+            if self.lead:
+                say(f"resumed from step {self.state.step} (epoch {self.state.epoch})")
+                append_metrics(self.run_dir, {"event": "resumed", "step": self.state.step})
+        if self.lead:
+            append_metrics(
+                self.run_dir,
+                {
+                    "event": "started",
+                    "step": self.state.step,
+                    "world_size": self.world,
+                    "nodes": nodes,
+                },
+            )
+        if self.train_config.compile:  # after the restore: state dicts keep their plain names
+            self.wrapped = torch.compile(self.wrapped)
+
+        train = self.train_config
+        self.train_data = ray.train.get_dataset_shard("train")
+        val = ray.train.get_dataset_shard("val")
+        val_windows = fixed_batches(val, train.batch_size, train.eval_iters, self.rank, self.world)
+        self.val_batches = [to_xy(w, self.device) for w in val_windows]
+        self.metrics = (
+            TrainMetrics(storage.name_of(self.run_dir), self.state.tokens_seen)
+            if self.lead
+            else None
+        )
+
+    # -- train -----------------------------------------------------------------------------
+
+    def train(self) -> None:
+        """Epochs of optimizer steps until max_iters. Every log_interval a progress line;
+        every eval_interval the val loss; every checkpoint_interval (and at the end) a checkpoint."""
+        train = self.train_config
+        if self.state.step == 0:  # where the loss curve starts
+            start = self.evaluate()
+            if self.lead:
+                say(f"step      0/{train.max_iters} | val {start:.4f}")
+                append_metrics(self.run_dir, {"step": 0, "val_loss": start})
+        self.wrapped.train()
+        self._timer = StepTimer(self.state.step)
+        while self.state.step < train.max_iters:
+            self._train_epoch()
+
+    def _train_epoch(self) -> None:
+        train, state = self.train_config, self.state
+        epoch_start, fresh_epoch = state.step, state.batches_into_epoch == 0
+        windows = epoch_windows(
+            self.train_data, train.batch_size, train.seed + state.epoch, train.shuffle_buffer
+        )
+        steps = rank_steps(
+            windows,
+            self.rank,
+            self.world,
+            train.gradient_accumulation_steps,
+            state.batches_into_epoch,
+        )
+        for group in steps:
+            loss, lr = self.step(group)
+            if self._after_step(loss, lr):
+                return
+        # The epoch's stream ran out: next epoch, new shuffle (a resume at an epoch's end rolls over).
+        if state.step == epoch_start and fresh_epoch:
+            raise RuntimeError("the train split has fewer windows than one optimizer step needs")
+        state.epoch += 1
+        state.batches_into_epoch = 0
+
+    def step(self, group) -> tuple[float, float]:
+        """One optimizer step on this rank's micro-batches; (its mean loss, the lr used)."""
+        train, state = self.train_config, self.state
+        self._timer.start_if_first(state.step)
+        torch.manual_seed(train.seed + 1_000_003 * self.rank + state.step)  # dropout, resumable
+        lr = learning_rate(state.step, train)
+        micro_batches = [to_xy(w, self.device) for w in group]
+        loss = train_step(
+            self.wrapped,
+            self.optimizer,
+            micro_batches,
+            lr,
+            train.grad_clip,
+            self.precision,
+            self.no_sync,
+        )
+        state.step += 1
+        state.batches_into_epoch += self.world * train.gradient_accumulation_steps
+        state.tokens_seen += self.tokens_per_step
+        if self.failure is not None and state.step == self.failure[0]:
+            _die_once(self.failure[1])
+        return loss, lr
+
+    def _after_step(self, loss: float, lr: float) -> bool:
+        """Log, evaluate and checkpoint when due; True once max_iters is reached."""
+        train, step = self.train_config, self.state.step
+        final = step >= train.max_iters
+        checkpoint_due = final or step % self.checkpoint_every == 0
+        evaluating = checkpoint_due or step % train.eval_interval == 0
+        if not (evaluating or step % train.log_interval == 0):
+            return False
+        record = self.progress_record(loss, lr)
+        save = checkpoint_due
+        if evaluating:
+            record["val_loss"] = self.evaluate()
+            improved = (
+                self.state.best_val_loss is None or record["val_loss"] < self.state.best_val_loss
+            )
+            if improved:
+                self.state.best_val_loss = record["val_loss"]
+            # nanoGPT's always_save_checkpoint=False: only a better model (or the last) is saved.
+            save = checkpoint_due and (final or improved or train.always_save_checkpoint)
+        if self.lead:
+            say(progress_line(record, train.max_iters))
+            append_metrics(self.run_dir, record)
+            self.metrics.publish(record)
+        self.report(record, save)
+        self._timer.restart(step)  # evaluation and saving are not step time
+        return final
+
+    def progress_record(self, loss: float, lr: float) -> dict[str, Any]:
+        """The step's numbers: loss over every rank's micro-batches, throughput, MFU."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = self._timer.seconds_per_step(self.state.step)
+        if self.world > 1:  # the step's loss over every rank, not rank 0's alone
+            summed = torch.tensor(loss, dtype=torch.float64, device=self.device)
+            dist.all_reduce(summed)
+            loss = float(summed) / self.world
+        tokens_per_s = self.tokens_per_step / seconds
+        return {
+            "step": self.state.step,
+            "loss": loss,
+            "lr": lr,
+            "ms_per_step": seconds * 1000,
+            "tokens_per_s": tokens_per_s,
+            "tokens_seen": self.state.tokens_seen,
+            "epoch": self.state.epoch,
+            "mfu": model_flops_utilization(tokens_per_s, self.flops_per_token, self.peak_flops),
+        }
+
+    # -- evaluate and checkpoint -------------------------------------------------------------
+
+    def evaluate(self) -> float:
+        """Mean val loss over every rank's fixed val batches."""
+        total, count = evaluate_loss(self.wrapped, self.val_batches, self.precision)
+        summed = torch.tensor([total, count], dtype=torch.float64, device=self.device)
+        if self.world > 1:
             dist.all_reduce(summed)
         return float(summed[0] / summed[1])
 
-    def report(record: dict[str, Any], save: bool) -> None:
+    def report(self, record: dict[str, Any], save: bool) -> None:
+        """Hand the record (and, when saving, a checkpoint from rank 0) to Ray Train."""
+        import ray.train
+
         checkpoint = None
-        if save and (rank == 0 or scaling.strategy == "fsdp"):  # FSDP: a collective gather
-            model_state, optimizer_state = gather_full_state(wrapped, optimizer)
+        if save and (self.lead or self.strategy == "fsdp"):  # FSDP: a collective gather
+            model_state, optimizer_state = gather_full_state(self.wrapped, self.optimizer)
         with tempfile.TemporaryDirectory() as tmp:
-            if save and rank == 0:
+            if save and self.lead:
                 write_training_checkpoint(
-                    Path(tmp),
-                    model_state,
-                    optimizer_state,
-                    config.model,
-                    loop_config["tokenizer"],
-                    loop_config["experiment"],
-                    state,
+                    Path(tmp), model_state, optimizer_state, self._meta(), self.state
                 )
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(
                 record,
                 checkpoint=checkpoint,
-                checkpoint_dir_name=f"step_{state.step:06d}" if save else None,
+                checkpoint_dir_name=f"step_{self.state.step:06d}" if save else None,
             )
 
-    if state.step == 0:  # where the loss curve starts
-        start_val = evaluate()
-        if rank == 0:
-            say(f"step      0/{train.max_iters} | val {start_val:.4f}")
-            append_metrics(run_dir, {"step": 0, "val_loss": start_val})
-    wrapped.train()
-    last_time, last_logged = 0.0, state.step
-    start_of_data = time.perf_counter()
-    while state.step < train.max_iters:
-        epoch_start, fresh_epoch = state.step, state.batches_into_epoch == 0
-        windows = epoch_windows(
-            train_data, train.batch_size, train.seed + state.epoch, train.shuffle_buffer
+    def _meta(self):
+        return checkpoint_meta(
+            self.config.model,
+            self.loop_config["tokenizer"],
+            self.loop_config["experiment"],
+            self.state,
         )
-        steps = rank_steps(
-            windows, rank, world, train.gradient_accumulation_steps, state.batches_into_epoch
-        )
-        for group in steps:
-            if state.step == last_logged and last_time < start_of_data:
-                last_time = time.perf_counter()  # the stream's start-up is not step time
-            torch.manual_seed(train.seed + 1_000_003 * rank + state.step)  # dropout, resumable
-            lr = learning_rate(state.step, train)
-            micro_batches = [to_xy(w, device) for w in group]
-            loss = train_step(
-                wrapped, optimizer, micro_batches, lr, train.grad_clip, precision, no_sync
-            )
-            state.step += 1
-            state.batches_into_epoch += world * train.gradient_accumulation_steps
-            state.tokens_seen += tokens_per_step
-            if failure is not None and state.step == failure[0]:
-                _die_once(failure[1])
 
-            final = state.step >= train.max_iters
-            save = final or state.step % checkpoint_every == 0
-            evaluating = save or state.step % train.eval_interval == 0
-            logging = evaluating or state.step % train.log_interval == 0
-            if not logging:
-                continue
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = (time.perf_counter() - last_time) / (state.step - last_logged)
-            if world > 1:  # the step's loss over every rank's micro-batches, not rank 0's alone
-                summed = torch.tensor(loss, dtype=torch.float64, device=device)
-                dist.all_reduce(summed)
-                loss = float(summed) / world
-            record = {
-                "step": state.step,
-                "loss": loss,
-                "lr": lr,
-                "ms_per_step": seconds * 1000,
-                "tokens_per_s": tokens_per_step / seconds,
-                "tokens_seen": state.tokens_seen,
-                "epoch": state.epoch,
-            }
-            mfu = model_flops_utilization(record["tokens_per_s"], flops_token, peak)
-            record["mfu"] = mfu
-            if evaluating:
-                record["val_loss"] = evaluate()
-                if state.best_val_loss is None or record["val_loss"] < state.best_val_loss:
-                    state.best_val_loss = record["val_loss"]
-            if rank == 0:
-                say(progress_line(record, train.max_iters))
-                append_metrics(run_dir, record)
-                metrics.publish(record)
-            report(record, save)
-            last_time, last_logged = time.perf_counter(), state.step  # eval and saving excluded
-            if final:
-                break
-        else:  # the epoch's stream ran out: next epoch, new shuffle
-            if state.step == epoch_start and fresh_epoch:  # (a resume at an epoch's end rolls over)
-                raise RuntimeError(
-                    "the train split has fewer windows than one optimizer step needs"
-                )
-            state.epoch += 1
-            state.batches_into_epoch = 0
-            continue
-        break
+    # -- export ----------------------------------------------------------------------------
 
-    _export_final(run_dir, wrapped, config, loop_config, state, rank, scaling.strategy)
-    return {"step": state.step, "best_val_loss": state.best_val_loss, "epochs": state.epoch}
+    def export_final(self) -> None:
+        """The trained model as a plain raygpt checkpoint in run_dir/final (quantize, serve)."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        model = getattr(self.wrapped, "_orig_mod", self.wrapped)  # torch.compile's wrapper
+        if self.strategy == "fsdp":
+            weights = get_model_state_dict(model, options=FULL)  # a collective: every rank gathers
+        elif self.lead:
+            weights = get_model_state_dict(getattr(model, "module", model), options=FULL)
+        if not self.lead:
+            return
+        with storage.writing_dir(storage.join(self.run_dir, "final"), last=META_FILE) as final:
+            save_checkpoint(final, weights, self._meta())
+
+
+class StepTimer:
+    """Wall time per optimizer step since the last log line, counting only steps: the data
+    stream's start-up, evaluation and checkpointing are left out."""
+
+    def __init__(self, step: int) -> None:
+        self.since, self.from_step = 0.0, step
+        self.started = time.perf_counter()
+
+    def start_if_first(self, step: int) -> None:
+        if step == self.from_step and self.since < self.started:
+            self.since = time.perf_counter()  # the stream's start-up is not step time
+
+    def seconds_per_step(self, step: int) -> float:
+        return (time.perf_counter() - self.since) / (step - self.from_step)
+
+    def restart(self, step: int) -> None:
+        self.since, self.from_step = time.perf_counter(), step
 
 
 def build_model(config: ExperimentConfig, init_weights: str | None, device: torch.device) -> GPT:
@@ -234,18 +365,13 @@ def wrap_model(model: GPT, strategy: str, device: torch.device, world: int):
             fully_shard(block)
         fully_shard(model)
 
+        @contextlib.contextmanager
         def no_sync():
-            import contextlib
-
-            @contextlib.contextmanager
-            def hold():
-                model.set_requires_gradient_sync(False)
-                try:
-                    yield
-                finally:
-                    model.set_requires_gradient_sync(True)
-
-            return hold()
+            model.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                model.set_requires_gradient_sync(True)
 
         return model, no_sync
     from torch.nn.parallel import DistributedDataParallel
@@ -267,33 +393,6 @@ def progress_line(record: dict[str, Any], max_iters: int) -> str:
         f"{record['ms_per_step']:.0f} ms/step",
     ]
     return " | ".join(parts)
-
-
-def _export_final(
-    run_dir: str, model, config, loop_config, state: TrainState, rank, strategy
-) -> None:
-    """The trained model as a plain raygpt checkpoint in run_dir/final, for quantize and serve."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-    from raygpt.checkpoint import META_FILE, CheckpointMeta, save_checkpoint
-    from raygpt.train.state import FULL
-
-    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
-    if strategy == "fsdp":
-        weights = get_model_state_dict(model, options=FULL)  # a collective: every rank gathers
-    elif rank == 0:
-        weights = get_model_state_dict(getattr(model, "module", model), options=FULL)
-    if rank != 0:
-        return
-    meta = CheckpointMeta(
-        model=config.model,
-        tokenizer=loop_config["tokenizer"],
-        step=state.step,
-        train=loop_config["experiment"],
-        extra={"best_val_loss": state.best_val_loss},
-    )
-    with storage.writing_dir(storage.join(run_dir, "final"), last=META_FILE) as final:
-        save_checkpoint(final, weights, meta)
 
 
 def say(line: str) -> None:

@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from raygpt.checkpoint import TIED_HEAD, CheckpointMeta, read_safetensors, save_checkpoint
+from raygpt.checkpoint.native import TIED_HEAD, CheckpointMeta, read_safetensors, save_checkpoint
 from raygpt.config import ModelConfig
 from raygpt.errors import CheckpointError
 
@@ -54,22 +54,26 @@ def gather_full_state(
     )
 
 
+def checkpoint_meta(
+    model: ModelConfig, tokenizer: str, experiment: dict[str, Any], state: TrainState
+) -> CheckpointMeta:
+    """The metadata of every checkpoint a run writes: its training checkpoints and final/."""
+    return CheckpointMeta(
+        model=model,
+        tokenizer=tokenizer,
+        step=state.step,
+        train=experiment,
+        extra={"best_val_loss": state.best_val_loss},
+    )
+
+
 def write_training_checkpoint(
     directory: Path,
     model_state: dict[str, torch.Tensor],
     optimizer_state: dict[str, Any],
-    config: ModelConfig,
-    tokenizer: str,
-    experiment: dict[str, Any],
+    meta: CheckpointMeta,
     state: TrainState,
 ) -> Path:
-    meta = CheckpointMeta(
-        model=config,
-        tokenizer=tokenizer,
-        step=state.step,
-        train=experiment,
-        extra={"val_loss": state.best_val_loss},
-    )
     save_checkpoint(directory, model_state, meta)
     torch.save(optimizer_state, directory / OPTIMIZER_FILE)
     (directory / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")

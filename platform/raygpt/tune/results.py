@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from raygpt.run_log import read_metrics
+from raygpt.train.run_log import read_metrics
 from raygpt.tune.sweep_config import SweepConfig
 
 RUN = "run"  # a trial's Ray Train run (metrics.jsonl, checkpoints), inside its Tune folder

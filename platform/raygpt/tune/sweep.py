@@ -25,7 +25,7 @@ from typing import Any
 from raygpt import storage
 from raygpt.config import experiment_from_dict
 from raygpt.errors import ConfigError
-from raygpt.run_log import read_metrics
+from raygpt.train.run_log import read_metrics
 from raygpt.tune.results import (
     TABLE,
     TrialRow,

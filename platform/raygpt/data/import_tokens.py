@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from raygpt import storage
-from raygpt.errors import RaygptError
-from raygpt.shards import (
+from raygpt.data.shards import (
     IMPORT_CHUNK_TOKENS,
     MANIFEST,
     SPLITS,
@@ -26,6 +25,7 @@ from raygpt.shards import (
     token_dtype,
     write_manifest,
 )
+from raygpt.errors import RaygptError
 from raygpt.tokenizer import get_tokenizer
 
 

@@ -17,8 +17,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from raygpt.config import ModelConfig
-from raygpt.kv_cache import KVCache
-from raygpt.sampling import sample_next_token
+from raygpt.model.kv_cache import KVCache
+from raygpt.model.sampling import sample_next_token
 
 LayerCache = tuple[torch.Tensor, torch.Tensor]
 

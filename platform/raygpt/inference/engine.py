@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from raygpt.kv_cache import KVCache
+from raygpt.inference.text_stream import TextStream
 from raygpt.model import GPT
-from raygpt.sampling import check_sampling, sample_next_token
-from raygpt.text_stream import TextStream
+from raygpt.model.kv_cache import KVCache
+from raygpt.model.sampling import check_sampling, sample_next_token
 from raygpt.tokenizer import Tokenizer
 
 

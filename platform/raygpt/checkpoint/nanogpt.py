@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from raygpt.checkpoint import CheckpointMeta, model_from_state_dict
+from raygpt.checkpoint.native import CheckpointMeta, model_from_state_dict
 from raygpt.config import ModelConfig, section_from_dict
 from raygpt.errors import CheckpointError, RaygptError
 from raygpt.model import GPT

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from raygpt import storage
-from raygpt.checkpoint import CheckpointMeta, model_from_state_dict, read_safetensors
+from raygpt.checkpoint.native import CheckpointMeta, model_from_state_dict, read_safetensors
 from raygpt.config import ModelConfig, section_from_dict
 from raygpt.errors import CheckpointError, RaygptError
 from raygpt.model import GPT

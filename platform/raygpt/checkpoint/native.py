@@ -1,10 +1,10 @@
-"""raygpt's checkpoint format, and one loader for every format we read.
+"""raygpt's own checkpoint format, and the one weight loader every format builds its model with.
 
 A checkpoint is a folder: `model.safetensors` (weights; the tied output head is stored once)
 and `raygpt.json` (model config, tokenizer, step, training config). Nothing here unpickles
-arbitrary objects: safetensors holds only tensors, and the foreign formats are read with
-`torch.load(weights_only=True)`. Every reader takes a path or a URI (s3://...): metadata is
-read in place, weights through raygpt.storage's local cache.
+arbitrary objects: safetensors holds only tensors. Metadata is read in place from a path or
+a URI (s3://...); weights are read from a local folder (raygpt.checkpoint.load fetches a
+URI's into raygpt.storage's cache first).
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pyarrow.fs import FileType
 from safetensors.torch import load_file, save_file
 
 from raygpt import storage
 from raygpt.config import ModelConfig, section_from_dict
 from raygpt.errors import CheckpointError, RaygptError
 from raygpt.model import GPT
+from raygpt.model.int8 import int8_skeleton
 
 FORMAT = "raygpt-checkpoint"
 FORMAT_VERSION = 1
@@ -72,19 +72,15 @@ def save_checkpoint(
 def load_checkpoint(
     directory: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[GPT, CheckpointMeta]:
-    """Load a raygpt checkpoint folder."""
+    """Load a local raygpt checkpoint folder (float or INT8)."""
     directory = Path(directory)
     meta = read_meta(directory)
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
     state = read_safetensors(weights, device)
-    quantization = meta.extra.get("quantization")
-    if quantization:
-        from raygpt.quantize import load_int8_state
-
-        return load_int8_state(meta.model, state, quantization["method"], str(weights)), meta
-    return model_from_state_dict(meta.model, state, str(weights)), meta
+    quantization = (meta.extra.get("quantization") or {}).get("method")
+    return model_from_state_dict(meta.model, state, str(weights), quantization), meta
 
 
 def read_meta(directory: str | Path) -> CheckpointMeta:
@@ -123,118 +119,49 @@ def read_safetensors(path: Path, device: torch.device | str = "cpu") -> dict[str
         raise CheckpointError(f"{path} is corrupt or not a safetensors file: {err}") from None
 
 
-def model_from_state_dict(config: ModelConfig, state: dict[str, torch.Tensor], source: str) -> GPT:
-    """Build a GPT around `state` (nanoGPT names) without a throwaway random init.
+def model_from_state_dict(
+    config: ModelConfig,
+    state: dict[str, torch.Tensor],
+    source: str,
+    quantization: str | None = None,
+) -> GPT:
+    """Build a GPT around `state` (nanoGPT names) without a throwaway random init: the one
+    weight loader that every format (raygpt, HF, nanoGPT, INT8) ends in.
 
-    The token embedding may have fewer rows than the padded vocabulary (HF, nanoGPT char
-    models): it is padded with zeros. The output head is tied to it.
+    A float model's token embedding may have fewer rows than the padded vocabulary (HF,
+    nanoGPT char models): it is padded with zeros, and the output head is tied to it. With
+    `quantization` (the method an INT8 checkpoint records) the state holds int8 values and
+    scales, loaded into the INT8 layers; the embedding reads the int8 head.
     """
     state = dict(state)
-    state.pop(TIED_HEAD, None)
     wte_name = "transformer.wte.weight"
-    wte = state.get(wte_name)
-    if wte is not None and wte.shape[0] < config.padded_vocab_size:
-        pad = wte.new_zeros(config.padded_vocab_size - wte.shape[0], wte.shape[1])
-        state[wte_name] = torch.cat([wte, pad])
+    if quantization is None:
+        state.pop(TIED_HEAD, None)
+        wte = state.get(wte_name)
+        if wte is not None and wte.shape[0] < config.padded_vocab_size:
+            pad = wte.new_zeros(config.padded_vocab_size - wte.shape[0], wte.shape[1])
+            state[wte_name] = torch.cat([wte, pad])
     with torch.device("meta"):
         model = GPT(config)
+        if quantization is not None:
+            model = int8_skeleton(model, quantization)
     expected = {name for name in model.state_dict() if name != TIED_HEAD}
     missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+    what = "INT8 weights" if quantization else "weights"
     if missing or unexpected:
         raise CheckpointError(
-            f"{source}: weights do not match the model config "
+            f"{source}: {what} do not match the model config "
             f"(missing: {_few(missing)}; unexpected: {_few(unexpected)})"
         )
-    state[TIED_HEAD] = state[wte_name]
+    if quantization is None:
+        state[TIED_HEAD] = state[wte_name]
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:  # shape mismatches
-        raise CheckpointError(f"{source}: weights do not match the model config: {err}") from None
-    model.lm_head.weight = model.transformer.wte.weight  # assign=True made two Parameters: re-tie
+        raise CheckpointError(f"{source}: {what} do not match the model config: {err}") from None
+    if quantization is None:  # assign=True made two Parameters: re-tie
+        model.lm_head.weight = model.transformer.wte.weight
     return model.eval()
-
-
-def checkpoint_format(path: str | Path) -> str:
-    """'raygpt', 'hf-gpt2' or 'nanogpt', from what is on disk; a clear error otherwise."""
-    kind = storage.file_type(path)
-    if kind == FileType.NotFound:
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if kind == FileType.File:
-        if str(path).endswith((".pt", ".pth")):
-            return "nanogpt"
-        raise CheckpointError(f"{path}: expected a checkpoint folder or a nanoGPT .pt file")
-    if storage.is_file(storage.join(path, META_FILE)):
-        return "raygpt"
-    if storage.is_file(storage.join(path, "config.json")):
-        return "hf-gpt2"
-    if storage.is_file(storage.join(path, "ckpt.pt")):
-        return "nanogpt"
-    raise CheckpointError(
-        f"{path} is not a checkpoint: no {META_FILE} (raygpt), config.json (Hugging Face GPT-2) "
-        "or ckpt.pt (nanoGPT) in it"
-    )
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[GPT, CheckpointMeta]:
-    """Load a model from any format raygpt reads, chosen by what is on disk.
-
-    - a raygpt checkpoint folder (raygpt.json + model.safetensors)
-    - a Hugging Face GPT-2 folder (config.json + model.safetensors or pytorch_model.bin)
-    - a nanoGPT `ckpt.pt`, or a folder holding one
-    """
-    kind = checkpoint_format(path)
-    path = storage.local_copy(path)
-    if kind == "raygpt":
-        return load_checkpoint(path, device)
-    if kind == "hf-gpt2":
-        from raygpt.hf_gpt2 import load_hf_gpt2
-
-        return load_hf_gpt2(path, device)
-    from raygpt.nanogpt_checkpoint import load_nanogpt_checkpoint
-
-    return load_nanogpt_checkpoint(path if path.is_file() else path / "ckpt.pt", device)
-
-
-def load_for_inference(
-    path: str | Path, device: torch.device | str = "cpu"
-) -> tuple[GPT, CheckpointMeta]:
-    """load_model, laid out for decoding: on CPU, matmul weights column-major (faster GEMV;
-    INT8 models have their own kernels and are left as they are)."""
-    model, meta = load_model(path, device)
-    if torch.device(device).type == "cpu":
-        model.use_decode_layout()
-    return model.eval(), meta
-
-
-def load_for_serving(
-    path: str | Path,
-    device: torch.device | str = "cpu",
-    int8: bool = True,
-    dtype: torch.dtype = torch.float32,
-) -> tuple[GPT, CheckpointMeta]:
-    """A model to serve: INT8 (quantized now unless the checkpoint already is), or float
-    laid out for decoding in `dtype`. One loader for the Serve generator and the benchmarks."""
-    from raygpt.quantize import is_quantized, quantize_model
-
-    if int8:
-        model, meta = load_model(path, device)
-        return (model if is_quantized(model) else quantize_model(model)).eval(), meta
-    model, meta = load_for_inference(path, device)
-    if not is_quantized(model):
-        model = model.to(dtype)
-    return model, meta
-
-
-def read_model_config(path: str | Path) -> ModelConfig:
-    """A checkpoint's architecture, reading only metadata where the format has it apart."""
-    kind = checkpoint_format(path)
-    if kind == "raygpt":
-        return read_meta(path).model
-    if kind == "hf-gpt2":
-        from raygpt.hf_gpt2 import hf_model_config
-
-        return hf_model_config(path)  # config.json only, read in place
-    return load_model(path)[0].config  # nanoGPT keeps its model_args inside the weights file
 
 
 def _few(names: list[str], limit: int = 4) -> str:

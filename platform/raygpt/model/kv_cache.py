@@ -29,10 +29,6 @@ class KVCache:
             torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)
         ]
 
-    @property
-    def batch_size(self) -> int:
-        return self.keys[0].shape[0]
-
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.keys[index], self.values[index]
 

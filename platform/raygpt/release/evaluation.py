@@ -20,9 +20,10 @@ import pyarrow.parquet as pq
 import torch
 
 from raygpt import storage
-from raygpt.checkpoint import load_for_inference, read_meta
+from raygpt.checkpoint import read_meta
+from raygpt.data.shards import cut_windows, dataset_dir, read_manifest
 from raygpt.errors import RaygptError
-from raygpt.shards import cut_windows, dataset_dir, read_manifest
+from raygpt.inference.load import load_for_inference
 
 
 @dataclass
@@ -96,7 +97,7 @@ def folder_size_mb(path: Path) -> float:
 def peak_memory_mb(checkpoint: str, new_tokens: int = 32) -> float | None:
     """Peak resident memory of a fresh process that loads the checkpoint and decodes."""
     result = subprocess.run(
-        [sys.executable, "-m", "raygpt.memory_probe", checkpoint, str(new_tokens)],
+        [sys.executable, "-m", "raygpt.release.memory_probe", checkpoint, str(new_tokens)],
         capture_output=True,
         text=True,
     )

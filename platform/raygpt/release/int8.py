@@ -11,7 +11,8 @@ from pathlib import Path
 from raygpt import storage
 from raygpt.checkpoint import META_FILE, load_model, save_checkpoint
 from raygpt.errors import CheckpointError, RaygptError
-from raygpt.evaluation import (
+from raygpt.model.int8 import WEIGHT_ONLY, quantize_model
+from raygpt.release.evaluation import (
     EvalReport,
     comparison_table,
     evaluate_checkpoint,
@@ -20,7 +21,6 @@ from raygpt.evaluation import (
     val_windows,
     write_report,
 )
-from raygpt.quantize import WEIGHT_ONLY, quantize_model
 
 REPORT = "eval_report.json"
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raygpt.errors import CheckpointError
-from raygpt.model import GPT
+from raygpt.model.gpt import GPT
 
 WEIGHT_ONLY = "int8-weight-only"
 # torchao's dynamic-activation int8 measured slower at batch-1 decode on CPU and on its
@@ -126,25 +126,4 @@ def _linears(model: nn.Module):
 def _finish(model: GPT, method: str) -> GPT:
     model.transformer.wte = Int8Embedding(model.lm_head)
     model.quantization = method
-    return model.eval()
-
-
-def load_int8_state(config, state: dict[str, torch.Tensor], method: str, source: str) -> GPT:
-    """Rebuild a saved INT8 model from plain tensors (int8 values, scales, float rest)."""
-    with torch.device("meta"):
-        model = int8_skeleton(GPT(config), method)
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{source}: INT8 weights do not match the model config "
-            f"(missing: {missing[:4]}; unexpected: {unexpected[:4]})"
-        )
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"{source}: INT8 weights do not match the model config: {err}"
-        ) from None
-    model.transformer.wte = Int8Embedding(model.lm_head)  # re-point at the loaded head
     return model.eval()

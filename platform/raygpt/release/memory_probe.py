@@ -1,6 +1,6 @@
-"""`python -m raygpt.memory_probe CHECKPOINT [NEW_TOKENS]`: peak RSS of loading and decoding.
+"""`python -m raygpt.release.memory_probe CHECKPOINT [NEW_TOKENS]`: peak RSS of loading and decoding.
 
-Run in a fresh process by raygpt.evaluation, so one model's memory never counts for another.
+Run in a fresh process by raygpt.release.evaluation, so one model's memory never counts for another.
 Prints {"peak_mb": ..., "baseline_mb": ...}: the process's peak resident memory (torch's
 runtime included), and what it held after imports, before the model was loaded.
 """
@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from raygpt.checkpoint import load_for_inference
+from raygpt.inference.load import load_for_inference
 
 
 def _rss_peak_mb() -> float:

@@ -1,0 +1,39 @@
+"""A checkpoint made ready to generate with: laid out for decoding, or quantized for serving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from raygpt.checkpoint import CheckpointMeta, load_model
+from raygpt.model import GPT
+from raygpt.model.int8 import is_quantized, quantize_model
+
+
+def load_for_inference(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[GPT, CheckpointMeta]:
+    """load_model, laid out for decoding: on CPU, matmul weights column-major (faster GEMV;
+    INT8 models have their own kernels and are left as they are)."""
+    model, meta = load_model(path, device)
+    if torch.device(device).type == "cpu":
+        model.use_decode_layout()
+    return model.eval(), meta
+
+
+def load_for_serving(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    int8: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[GPT, CheckpointMeta]:
+    """A model to serve: INT8 (quantized now unless the checkpoint already is), or float
+    laid out for decoding in `dtype`. One loader for the Serve generator and the benchmarks."""
+    if int8:
+        model, meta = load_model(path, device)
+        return (model if is_quantized(model) else quantize_model(model)).eval(), meta
+    model, meta = load_for_inference(path, device)
+    if not is_quantized(model):
+        model = model.to(dtype)
+    return model, meta
