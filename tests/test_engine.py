@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from raygpt.config import ModelConfig
+from raygpt.errors import RequestError
 from raygpt.inference.engine import (
+    EngineError,
     GenerationEngine,
     GenerationRequest,
     GenerationUpdate,
@@ -160,20 +162,107 @@ def test_background_thread_serves_requests():
 
 
 @pytest.mark.parametrize(
-    "request_, message",
+    "request_, field, message",
     [
-        (GenerationRequest((), 5), "no tokens"),
-        (GenerationRequest((1,), 0), "max_tokens"),
-        (GenerationRequest((300,), 5), "token ids"),
-        (GenerationRequest((1,), 5, temperature=-1), "temperature"),
-        (GenerationRequest((1,), 5, top_p=1.5), "top_p"),
+        (GenerationRequest((), 5), "prompt", "no tokens"),
+        (GenerationRequest((1,), 0), "max_tokens", ">= 1"),
+        (GenerationRequest((300,), 5), "prompt", "token ids"),
+        (GenerationRequest((1,), 5, temperature=-1), "temperature", ">= 0"),
+        (GenerationRequest((1,), 5, top_p=1.5), "top_p", "in \\(0, 1\\]"),
+        (GenerationRequest((1,), 5, temperature=float("inf")), "temperature", "finite"),
+        (GenerationRequest((1,), 5, seed=2**64), "seed", "2\\*\\*64"),
+        (GenerationRequest((1,), 5, seed=-(2**63) - 1), "seed", "2\\*\\*63"),
+        (GenerationRequest((1,), 5, stop=("x" * 257,)), "stop", "longer than 256"),
+        (GenerationRequest((1,), 5, stop=("a",) * 17), "stop", "the limit is 16"),
     ],
 )
-def test_bad_requests_are_refused_at_submit(request_, message):
+def test_bad_requests_are_refused_at_submit(request_, field, message):
     engine = GenerationEngine(byte_model(), BYTES, max_slots=1)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(RequestError, match=message) as raised:
         engine.submit(request_, print)
+    assert raised.value.field == field and str(raised.value).startswith(f"{field}: ")
     assert engine.stats().queued == 0
+
+
+@pytest.mark.parametrize(
+    "degenerate",
+    [dict(temperature=1e-39), dict(temperature=1e-6), dict(temperature=1.0, top_p=5e-324)],
+    ids=["denormal-temperature", "tiny-temperature", "denormal-top-p"],
+)
+def test_degenerate_sampling_is_greedy_and_hurts_no_neighbour(degenerate):
+    """A temperature near 0 (or a top_p that rounds to 0) once turned probabilities into NaN,
+    failed the step and ended every request batched with it."""
+    model = byte_model()
+    plain = [greedy(p, 20) for p in PROMPTS[:3]]
+    odd = GenerationRequest(tuple(BYTES.encode("def f(x):")), 20, stop_at_eot=False, **degenerate)
+    results = run_all(GenerationEngine(model, BYTES, max_slots=4), [*plain, odd])
+    assert all(u[-1].error is None and u[-1].finish_reason == "length" for u in results)
+    for request, updates in zip(plain, results, strict=False):
+        assert tokens_of(updates) == generate_alone(model, BYTES, request)[2]
+    assert tokens_of(results[3]) == tokens_of(results[0])  # the same prompt, greedy
+
+
+def test_a_failing_row_ends_alone():
+    """A row whose own text handling fails ends with an error; the row beside it goes on."""
+    model = byte_model()
+    first, second = greedy("x", 30), greedy("import os\n", 30)
+    first_alone = generate_alone(model, BYTES, first)[2]
+    second_alone = generate_alone(model, BYTES, second)[2]
+    poison = next(t for t in first_alone if t not in second_alone)
+
+    class Fragile(type(BYTES)):
+        def decode_bytes(self, ids):
+            if poison in ids:
+                raise ValueError("cannot decode")
+            return super().decode_bytes(ids)
+
+    engine = GenerationEngine(model, Fragile(), max_slots=4)
+    failing, going_on = run_all(engine, [first, second])
+    assert failing[-1].finish_reason == "error" and failing[-1].error_kind == "internal"
+    assert "cannot decode" in failing[-1].error
+    assert going_on[-1].finish_reason == "length" and tokens_of(going_on) == second_alone
+    assert engine.stats().requests_failed == 1
+
+
+def test_a_broken_model_makes_the_engine_unhealthy_and_requests_end():
+    model = byte_model()
+    engine = GenerationEngine(model, BYTES, max_slots=2)
+    assert engine.health().healthy
+    engine.cache.keys.clear()  # every forward pass now fails (no cache for layer 0)
+    results = run_all(engine, [greedy("abc", 5), greedy("def", 5), greedy("ghi", 5)])
+    assert all(u[-1].finish_reason == "error" and u[-1].error_kind == "internal" for u in results)
+    health = engine.health()
+    assert not health.healthy and "forward passes" in health.problem
+    assert "IndexError" not in health.problem  # operator words, no exception text
+
+
+def test_a_stalled_engine_is_unhealthy():
+    engine = GenerationEngine(byte_model(), BYTES, max_slots=1)
+    engine.submit(greedy("abc", 5), print)  # queued, and no step runs
+    assert engine.health(stall_after_s=60).healthy
+    assert not engine.health(stall_after_s=0).healthy
+
+
+def test_a_dead_engine_ends_what_waits_and_refuses_more():
+    import threading
+
+    engine = GenerationEngine(byte_model(), BYTES, max_slots=1)
+    ended = threading.Event()
+    updates: list[GenerationUpdate] = []
+
+    def collect(update):
+        updates.append(update)
+        if update.finish_reason:
+            ended.set()
+
+    engine.step = None  # the engine's own code breaks: its thread dies on the first step
+    engine.submit(greedy("abc", 5), collect)
+    engine.start()
+    assert ended.wait(30), "a request waiting on a dead engine must not wait forever"
+    assert updates[-1].finish_reason == "error" and updates[-1].error_kind == "unavailable"
+    assert not engine.health().healthy
+    with pytest.raises(EngineError, match="stopped"):
+        engine.submit(greedy("abc", 5), print)
 
 
 def test_text_stream_holds_back_possible_stop_strings_and_split_characters():

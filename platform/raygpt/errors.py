@@ -15,3 +15,11 @@ class CheckpointError(RaygptError):
 
 class TokenizerError(RaygptError):
     """A tokenizer cannot be built (unknown name, BPE ranks not provisioned)."""
+
+
+class RequestError(RaygptError, ValueError):
+    """A generation request the engine cannot run; `field` names the setting at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field

@@ -9,25 +9,52 @@ admit a new one: short requests never wait for long ones. Active rows are kept c
 at the front of the cache (a leaving row is overwritten by the last one), so a step reads
 `cache[:n]` as a view and copies nothing.
 
+A failure ends only the requests it belongs to: a prefill, a sampling or a text-stream error
+ends its own row; only a failed batched forward pass ends every active row. The engine keeps
+a health record (failing steps in a row, the time of its last finished step) that a replica
+reports, and a dead engine answers every waiting request with an error.
+
 No Ray here: serve_apps/ runs this engine in a Serve replica; tests and benchmarks drive it
 directly. Updates go to a per-request callback on the engine's thread.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
+from raygpt.errors import RequestError
 from raygpt.inference.text_stream import TextStream
 from raygpt.model import GPT
 from raygpt.model.kv_cache import KVCache
-from raygpt.model.sampling import check_sampling, sample_next_token
+from raygpt.model.sampling import check_sampling, is_greedy, sample_next_token
 from raygpt.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+MAX_STOPS = 16
+MAX_STOP_CHARS = 256  # each is searched for after every token: keep that cheap
+FAILED_FORWARDS_UNHEALTHY = 3  # forward passes failing in a row: the model or device is broken
+STALL_UNHEALTHY_S = 120.0  # work waiting and no step finished for this long: stalled
+
+# Why a request ended in an error: the caller maps these to its own answers (HTTP status).
+INVALID, OVERLOADED, UNAVAILABLE, INTERNAL = "invalid", "overloaded", "unavailable", "internal"
+
+
+class EngineError(RuntimeError):
+    """The engine cannot take a request now: `kind` is OVERLOADED or UNAVAILABLE."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -44,19 +71,26 @@ class GenerationRequest:
     stop_at_eot: bool = True  # the end-of-text token ends the completion (not part of it)
 
     def check(self, block_size: int, vocab_size: int) -> None:
-        """Raise ValueError naming what is wrong; the engine never starts a bad request."""
+        """Raise RequestError naming the field at fault; the engine never starts a bad request."""
         if not self.prompt:
-            raise ValueError("the prompt has no tokens")
+            raise RequestError("prompt", "the prompt has no tokens")
         if len(self.prompt) >= block_size:
-            raise ValueError(
+            raise RequestError(
+                "prompt",
                 f"the prompt has {len(self.prompt)} tokens; the context window is {block_size} "
-                "(prompt and completion together)"
+                "(prompt and completion together)",
             )
         if not all(0 <= t < vocab_size for t in self.prompt):
-            raise ValueError(f"prompt token ids must be in [0, {vocab_size})")
+            raise RequestError("prompt", f"prompt token ids must be in [0, {vocab_size})")
         if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+            raise RequestError("max_tokens", f"must be >= 1, got {self.max_tokens}")
         check_sampling(self.temperature, self.top_k, self.top_p)  # not mid-batch, later
+        if self.seed is not None and not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            raise RequestError("seed", f"must be in [-2**63, 2**64 - 1], got {self.seed}")
+        if len(self.stop) > MAX_STOPS:
+            raise RequestError("stop", f"{len(self.stop)} stop strings; the limit is {MAX_STOPS}")
+        if any(len(s) > MAX_STOP_CHARS for s in self.stop):
+            raise RequestError("stop", f"a stop string is longer than {MAX_STOP_CHARS} characters")
 
 
 @dataclass
@@ -68,7 +102,8 @@ class GenerationUpdate:
     prompt_tokens: int
     completion_tokens: int  # so far
     finish_reason: str | None = None  # set on the last update only
-    error: str | None = None
+    error: str | None = None  # what went wrong, for the service's log
+    error_kind: str | None = None  # INVALID, OVERLOADED, UNAVAILABLE or INTERNAL
 
 
 UpdateCallback = Callable[[GenerationUpdate], None]
@@ -83,6 +118,15 @@ class EngineStats:
     tokens_generated: int
     requests_finished: int
     requests_cancelled: int
+    requests_failed: int
+
+
+@dataclass
+class EngineHealth:
+    healthy: bool
+    problem: str | None  # why not, in words fit for an operator (no exception text)
+    failed_forwards: int  # forward passes that failed in a row
+    seconds_since_step: float
 
 
 @dataclass
@@ -120,23 +164,30 @@ class GenerationEngine:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._next_id = 0
-        self._steps = self._tokens = self._finished = self._cancels = 0
+        self._steps = self._tokens = self._finished = self._cancels = self._failures = 0
+        self._failed_forwards = 0  # in a row; any forward pass that works resets it
+        self._last_step = time.monotonic()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._dead: str | None = None  # why the engine's thread ended, if it did
 
     # -- called from any thread --------------------------------------------------------------
 
     def submit(self, request: GenerationRequest, on_update: UpdateCallback) -> int:
-        """Queue a request; returns its id (for cancel). Raises ValueError for a bad request
-        and RuntimeError when the queue is full."""
+        """Queue a request; returns its id (for cancel). Raises RequestError for a bad request
+        and EngineError when the queue is full or the engine is dead."""
         request.check(self.block_size, self.model.config.vocab_size)
         generator = None
-        if request.temperature > 0:
+        if not is_greedy(request.temperature):
             seed = request.seed if request.seed is not None else random.getrandbits(63)
             generator = torch.Generator(device=self.device).manual_seed(seed)
         with self._wake:
+            if self._dead is not None:
+                raise EngineError(UNAVAILABLE, "the generation engine has stopped")
             if len(self._queue) >= self.max_queue:
-                raise RuntimeError(f"the engine's queue is full ({self.max_queue} requests)")
+                raise EngineError(
+                    OVERLOADED, f"the engine's queue is full ({self.max_queue} requests)"
+                )
             sequence = _Sequence(
                 self._next_id,
                 request,
@@ -165,7 +216,25 @@ class GenerationEngine:
                 self._tokens,
                 self._finished,
                 self._cancels,
+                self._failures,
             )
+
+    def health(self, stall_after_s: float = STALL_UNHEALTHY_S) -> EngineHealth:
+        """Unhealthy when the thread is dead, forward passes keep failing, or work waits while
+        no step has finished for `stall_after_s`."""
+        with self._lock:
+            waiting = bool(self._queue or self._slots)
+            since = time.monotonic() - self._last_step
+            failing = self._failed_forwards
+            dead = self._dead
+        problem = None
+        if dead is not None or (self._thread is not None and not self._thread.is_alive()):
+            problem = "the generation engine has stopped"
+        elif failing >= FAILED_FORWARDS_UNHEALTHY:
+            problem = f"the last {failing} forward passes of the model failed"
+        elif waiting and since > stall_after_s:
+            problem = f"requests are waiting and no step has finished for {since:.0f} s"
+        return EngineHealth(problem is None, problem, failing, since)
 
     def start(self) -> GenerationEngine:
         """Run steps on a background thread until `stop`."""
@@ -187,13 +256,26 @@ class GenerationEngine:
     # -- the engine's own thread ----------------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
-            with self._wake:
-                while not (self._stopping or self._queue or self._slots or self._cancelled):
-                    self._wake.wait()
-                if self._stopping:
-                    return
-            self.step()
+        try:
+            while True:
+                with self._wake:
+                    while not (self._stopping or self._queue or self._slots or self._cancelled):
+                        self._wake.wait()
+                    if self._stopping:
+                        return
+                self.step()
+        except BaseException as err:  # a bug in the engine itself: fail loudly, never hang
+            logger.exception("the generation engine's thread died")
+            self._die(f"{type(err).__name__}: {err}")
+
+    def _die(self, reason: str) -> None:
+        """No more steps: every queued and active request ends with an error now."""
+        with self._lock:
+            self._dead = reason
+            waiting, self._queue = list(self._queue), deque()
+            active, self._slots = list(self._slots), []
+        for sequence in waiting + active:
+            self._finish_update(sequence, "error", reason, UNAVAILABLE)
 
     @torch.no_grad()
     def step(self) -> None:
@@ -212,60 +294,84 @@ class GenerationEngine:
         for sequence in dropped:
             self._finish_update(sequence, "cancelled")
         self._leave([i for i, s in enumerate(self._slots) if s.id in cancelled], "cancelled")
-        try:
-            for sequence in admitted:
-                self._prefill(sequence)
-            if self._slots:
-                self._decode()
-        except Exception as err:  # a failing step must not take the replica down with it
-            error = f"{type(err).__name__}: {err}"
-            for sequence in admitted:
-                if sequence not in self._slots:
-                    self._finish_update(sequence, "error", error)
-            self._leave(list(range(len(self._slots))), "error", error)
+        for sequence in admitted:
+            self._prefill(sequence)
+        if self._slots:
+            self._decode()
         with self._lock:
             self._steps += 1
+            self._last_step = time.monotonic()
 
     def _prefill(self, sequence: _Sequence) -> None:
+        """Admit one request into the next free row; a failure ends this request alone."""
         row = len(self._slots)
         self._slots.append(sequence)
         prompt = torch.tensor([sequence.request.prompt], dtype=torch.long, device=self.device)
-        logits, _ = self.model(
-            prompt, cache=self.cache.rows(row, row + 1), start_pos=0, last_logits_only=True
+        logits = self._forward(
+            [row], prompt, cache=self.cache.rows(row, row + 1), start_pos=0, last_logits_only=True
         )
+        if logits is None:
+            return
         sequence.cached = prompt.shape[1]
-        token = self._sample(logits[:, -1], [sequence])[0]
-        if self._accept(sequence, token):
+        try:
+            done = self._accept(sequence, self._sample_row(logits[0, -1], sequence))
+        except Exception as err:
+            self._fail([row], err)
+            return
+        if done:
             self._leave([row])
 
     def _decode(self) -> None:
+        """One token for every active row, each sampled and accepted on its own."""
         active = self._slots
         n = len(active)
         last = torch.tensor([[s.tokens[-1]] for s in active], dtype=torch.long, device=self.device)
         positions = torch.tensor([s.cached for s in active], dtype=torch.long, device=self.device)
-        logits, _ = self.model(last, cache=self.cache.rows(0, n), start_pos=positions)
+        logits = self._forward(
+            list(range(n)), last, cache=self.cache.rows(0, n), start_pos=positions
+        )
+        if logits is None:
+            return
         for sequence in active:
             sequence.cached += 1
-        tokens = self._sample(logits[:, -1], active)
-        self._leave(
-            [i for i, (s, t) in enumerate(zip(active, tokens, strict=True)) if self._accept(s, t)]
-        )
+        logits = logits[:, -1, : self.model.config.vocab_size]  # padded rows are never tokens
+        greedy = logits.argmax(dim=-1).tolist()
+        ended, failed = [], []
+        for i, sequence in enumerate(active):
+            try:
+                if is_greedy(sequence.request.temperature):
+                    token = greedy[i]
+                else:
+                    token = self._sample_row(logits[i], sequence)
+                if self._accept(sequence, token):
+                    ended.append(i)
+            except Exception as err:  # this row's own failure
+                failed.append((i, err))
+        for i, err in failed:
+            self._report_failure(active[i], err)
+        self._leave(ended + [i for i, _ in failed])
 
-    def _sample(self, logits: torch.Tensor, sequences: list[_Sequence]) -> list[int]:
-        """One token per row, each with its own request's settings and random stream."""
-        logits = logits[:, : self.model.config.vocab_size]  # padded rows are never tokens
-        tokens = logits.argmax(dim=-1)  # greedy rows keep these
-        for i, sequence in enumerate(sequences):
-            request = sequence.request
-            if request.temperature > 0:
-                tokens[i] = sample_next_token(
-                    logits[i : i + 1],
-                    request.temperature,
-                    request.top_k,
-                    request.top_p,
-                    sequence.generator,
-                )[0]
-        return tokens.tolist()
+    def _forward(self, rows: list[int], tokens: torch.Tensor, **kwargs) -> torch.Tensor | None:
+        """The model on these rows; None when it fails, which ends every one of them."""
+        try:
+            logits, _ = self.model(tokens, **kwargs)
+        except Exception as err:
+            with self._lock:
+                self._failed_forwards += 1
+            self._fail(rows, err)
+            return None
+        with self._lock:
+            self._failed_forwards = 0
+        return logits
+
+    def _sample_row(self, logits: torch.Tensor, sequence: _Sequence) -> int:
+        """One token for one row, with its own request's settings and random stream."""
+        request = sequence.request
+        logits = logits[: self.model.config.vocab_size].unsqueeze(0)
+        token = sample_next_token(
+            logits, request.temperature, request.top_k, request.top_p, sequence.generator
+        )
+        return int(token[0])
 
     def _accept(self, sequence: _Sequence, token: int) -> bool:
         """Record a sampled token and send its text; True when the request is finished."""
@@ -289,12 +395,24 @@ class GenerationEngine:
         self._update(sequence, text, [token], None)
         return False
 
-    def _leave(self, rows: list[int], reason: str | None = None, error: str | None = None) -> None:
+    def _fail(self, rows: list[int], err: Exception) -> None:
+        """End these rows with an error (logged here; callers send no exception text on)."""
+        for row in rows:
+            self._report_failure(self._slots[row], err)
+        self._leave(rows)
+
+    def _report_failure(self, sequence: _Sequence, err: Exception) -> None:
+        logger.warning("request %d failed: %s: %s", sequence.id, type(err).__name__, err)
+        with self._lock:
+            self._failures += 1
+        self._finish_update(sequence, "error", f"{type(err).__name__}: {err}", INTERNAL)
+
+    def _leave(self, rows: list[int], reason: str | None = None) -> None:
         """Free rows (highest first), moving the last active row into each gap."""
         for row in sorted(rows, reverse=True):
             sequence = self._slots[row]
             if reason is not None:
-                self._finish_update(sequence, reason, error)
+                self._finish_update(sequence, reason)
             last = len(self._slots) - 1
             if row != last:
                 moved = self._slots[last]
@@ -304,12 +422,18 @@ class GenerationEngine:
             with self._lock:
                 self._finished += 1
 
-    def _finish_update(self, sequence: _Sequence, reason: str, error: str | None = None) -> None:
+    def _finish_update(
+        self,
+        sequence: _Sequence,
+        reason: str,
+        error: str | None = None,
+        error_kind: str | None = None,
+    ) -> None:
         if reason == "cancelled":
             with self._lock:
                 self._cancels += 1
         tail = sequence.text.finish() if reason == "stop" and not sequence.text.stopped else ""
-        self._update(sequence, tail, [], reason, error)
+        self._update(sequence, tail, [], reason, error, error_kind)
 
     def _update(
         self,
@@ -318,6 +442,7 @@ class GenerationEngine:
         token_ids: list[int],
         finish_reason: str | None,
         error: str | None = None,
+        error_kind: str | None = None,
     ) -> None:
         update = GenerationUpdate(
             text,
@@ -326,6 +451,7 @@ class GenerationEngine:
             len(sequence.tokens),
             finish_reason,
             error,
+            error_kind,
         )
         try:
             sequence.on_update(update)

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from raygpt.errors import RequestError
+
+# Below this temperature sampling is greedy (as vLLM does): dividing logits by a tinier one
+# overflows to inf, and softmax of inf is NaN.
+GREEDY_BELOW = 1e-5
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Raise ValueError naming the first setting out of range."""
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    """Raise RequestError (a ValueError) naming the first setting out of range."""
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise RequestError("temperature", f"must be a finite number >= 0, got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        raise RequestError("top_p", f"must be in (0, 1], got {top_p}")
     if top_k is not None and top_k < 0:
-        raise ValueError(f"top_k must be >= 0, got {top_k}")
+        raise RequestError("top_k", f"must be >= 0, got {top_k}")
+
+
+def is_greedy(temperature: float) -> bool:
+    return temperature < GREEDY_BELOW
 
 
 def sample_next_token(
@@ -24,7 +36,7 @@ def sample_next_token(
 ) -> torch.Tensor:
     """One token id per row of `logits` (batch, vocab). temperature 0 means greedy."""
     check_sampling(temperature, top_k, top_p)
-    if temperature == 0:
+    if is_greedy(temperature):
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
     if top_k is not None and top_k > 0 and top_k < logits.size(-1):
@@ -40,7 +52,9 @@ def _keep_nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """Mask all but the smallest set of most likely tokens whose probability reaches top_p."""
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
     probs = torch.softmax(sorted_logits, dim=-1)
-    # Drop a token when the tokens before it already reach top_p; the first always stays.
+    # Drop a token when the tokens before it already reach top_p. The most likely token always
+    # stays, even for a top_p too small for float32 (5e-324 rounds to 0).
     drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
+    drop_sorted[..., 0] = False
     drop = drop_sorted.scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
