@@ -13,12 +13,15 @@ from typing import Any
 
 from pydantic import ValidationError
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 
 from raygpt.checkpoint import checkpoint_format
 from raygpt.errors import ConfigError
 from serve_apps.generator import Generator
 from serve_apps.ingress import Ingress
 from serve_apps.settings import ServeSettings
+
+INGRESS_ONGOING = 1024
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -31,11 +34,15 @@ def build_app(args: dict[str, Any]) -> Application:
         raise ConfigError(f"serve app args: {problems}") from None
     checkpoint_format(settings.checkpoint)  # a wrong path fails here, before any replica starts
     scaling = settings.autoscaling
+    backpressure = BackpressureConfig(status_code=429, retry_after_s=settings.retry_after_s)
     generator = Generator.options(
         ray_actor_options={"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus},
         # The engine batches whatever a replica holds: let it hold its slots and a queue of
-        # as many again, then Serve routes elsewhere (or queues at the caller).
+        # as many again, then Serve routes elsewhere, queues at the caller up to
+        # max_queued_requests, and past that refuses (the ingress answers 429).
         max_ongoing_requests=2 * settings.max_slots,
+        max_queued_requests=settings.max_queued_requests,
+        backpressure_config=backpressure,
         autoscaling_config={
             "min_replicas": scaling.min_replicas,
             "initial_replicas": max(1, scaling.min_replicas),
@@ -46,6 +53,12 @@ def build_app(args: dict[str, Any]) -> Application:
         },
     )
     settings_dict = settings.model_dump()
-    return Ingress.options(ray_actor_options={"num_cpus": 0.1}).bind(
-        generator.bind(settings_dict), settings_dict
+    ingress = Ingress.options(
+        ray_actor_options={"num_cpus": 0.1},
+        # The ingress only waits on generators: it holds many requests, and its own queue at
+        # each proxy is a last guard (Serve's 429 there); the generators' is the real limit.
+        max_ongoing_requests=INGRESS_ONGOING,
+        max_queued_requests=INGRESS_ONGOING,
+        backpressure_config=backpressure,
     )
+    return ingress.bind(generator.bind(settings_dict), settings_dict)

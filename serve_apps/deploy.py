@@ -38,6 +38,9 @@ def deploy(
 
     from serve_apps.app import build_app
 
+    warning = exposure_warning(host, args)
+    if warning:
+        print(warning, flush=True)
     serve.start(proxy_location=proxy_location, http_options={"host": host, "port": port})
     logging = {"log_level": "WARNING", "enable_access_log": False} if quiet else None
     serve.run(build_app(args), name=name, route_prefix="/", blocking=False, logging_config=logging)
@@ -52,6 +55,19 @@ def deploy(
             if time.monotonic() > deadline:
                 raise
         time.sleep(1)
+
+
+def exposure_warning(host: str, args: dict[str, Any]) -> str | None:
+    """A warning when the service listens beyond this machine with no API key to ask for."""
+    local = host in ("127.0.0.1", "localhost", "::1")
+    key_env = args.get("api_key_env", "RAYGPT_API_KEY")
+    if local or args.get("api_key_file") or os.environ.get(key_env):
+        return None
+    return (
+        f"warning: serving on {host} with no API key: anyone who reaches this port can use "
+        f"the model. Set ${key_env} on the nodes or api_key_file in the serve config "
+        "(README: Security and limits)."
+    )
 
 
 def complete(url: str, prompt: str, api_key_env: str = "RAYGPT_API_KEY", **fields) -> dict:

@@ -1,8 +1,13 @@
-"""Errors a client can cause, answered in OpenAI's error shape with a message that names the
-field or the limit (`{"error": {"message", "type", "param", "code"}}`)."""
+"""Errors, answered in OpenAI's error shape (`{"error": {"message", "type", "param", "code"}}`).
+
+What a client caused names the field or the limit. What went wrong inside (a failed row, a
+dead replica) is logged with the request's id, and the client gets that id, never the
+exception's text.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import Request
@@ -10,7 +15,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-KINDS = {401: "authentication_error", 404: "not_found_error", 413: "request_too_large"}
+from raygpt.inference.engine import INTERNAL, INVALID, OVERLOADED, UNAVAILABLE
+
+logger = logging.getLogger("ray.serve")
+
+KINDS = {
+    401: "authentication_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+}
 
 
 class BadRequest(HTTPException):
@@ -21,12 +35,15 @@ class BadRequest(HTTPException):
         self.param = param
 
 
+def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    kind = KINDS.get(status, "invalid_request_error" if status < 500 else "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": status}}
+
+
 def error_response(
     status: int, message: str, param: str | None = None, headers: dict | None = None
 ) -> JSONResponse:
-    kind = KINDS.get(status, "invalid_request_error" if status < 500 else "server_error")
-    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
 
 
 async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
@@ -56,8 +73,33 @@ def describe_invalid(errors) -> tuple[str, str | None]:
     return "; ".join(problems), next(iter(by_field), None)
 
 
-def raise_if_failed(update: dict[str, Any] | None) -> None:
-    """A generator stream that ended without a finished completion is a 500."""
-    if update is None or update["finish_reason"] not in ("stop", "length"):
-        reason = "no result" if update is None else update["error"] or update["finish_reason"]
-        raise HTTPException(500, f"generation failed: {reason}")
+def overloaded(retry_after_s: float) -> HTTPException:
+    """429: the service is at capacity; the client should retry after a pause."""
+    return HTTPException(
+        429,
+        f"the service is at capacity; retry after {retry_after_s:g} s",
+        headers={"Retry-After": str(max(0, round(retry_after_s)))},
+    )
+
+
+def generation_error(
+    update: dict[str, Any], request_id: str, retry_after_s: float
+) -> HTTPException:
+    """The HTTP error for a generator update that ended in an error (logged here)."""
+    kind = update.get("error_kind") or INTERNAL
+    if kind == INVALID:  # the engine's own check, in words meant for the client
+        field = str(update["error"]).split(":", 1)[0]
+        return BadRequest(update["error"], field)
+    if kind == OVERLOADED:
+        return overloaded(retry_after_s)
+    logger.warning("request %s failed (%s): %s", request_id, kind, update.get("error"))
+    if kind == UNAVAILABLE:
+        return HTTPException(503, f"the model is not available right now (request {request_id})")
+    return HTTPException(
+        500, f"generation failed (request {request_id}); the service's log has the details"
+    )
+
+
+def failed(update: dict[str, Any] | None) -> bool:
+    """Whether a stream's last update is anything but a finished completion."""
+    return update is None or update["finish_reason"] not in ("stop", "length")

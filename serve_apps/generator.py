@@ -4,6 +4,10 @@ Requests arrive as GenerationRequests (the ingress has tokenized and checked the
 leave as a stream of updates. The engine runs on its own thread; its per-token callbacks
 hop onto the replica's event loop through a buffer, and whatever piled up since the last
 yield goes out as one chunk, so a busy replica sends fewer, larger chunks.
+
+A stream always ends: with a finished update, or with one whose `error_kind` says why not
+(a request the engine refused, a failed row, an engine that stopped or stalls). Serve's
+health check asks the engine, so a broken replica is replaced.
 """
 
 from __future__ import annotations
@@ -20,11 +24,21 @@ from ray import serve
 
 from raygpt import storage
 from raygpt.device import cpu_threads, pick_device
-from raygpt.inference.engine import GenerationEngine, GenerationRequest, GenerationUpdate
+from raygpt.errors import RequestError
+from raygpt.inference.engine import (
+    INVALID,
+    UNAVAILABLE,
+    EngineError,
+    GenerationEngine,
+    GenerationRequest,
+    GenerationUpdate,
+)
 from raygpt.inference.load import load_for_serving
 from raygpt.tokenizer import get_tokenizer
 from serve_apps.metrics import ServingMetrics
 from serve_apps.settings import ServeSettings
+
+HEALTH_POLL_S = 5.0  # a stream with no update for this long asks whether the engine is healthy
 
 
 @serve.deployment(name="Generator", health_check_period_s=10, health_check_timeout_s=30)
@@ -70,14 +84,26 @@ class Generator:
         cost the HTTP path 32 chunks per interval instead of 32 per decode step."""
         buffer = _UpdateBuffer(asyncio.get_running_loop())
         arrived = time.perf_counter()
-        request_id = self.engine.submit(request, buffer.put)
+        try:
+            request_id = self.engine.submit(request, buffer.put)
+        except (RequestError, EngineError) as err:
+            kind = INVALID if isinstance(err, RequestError) else err.kind
+            yield _refusal(request, str(err), kind)
+            return
         interval = self.settings.stream_interval_s
         finished, last_yield = False, None
         try:
             while not finished:
                 if last_yield is not None:
                     await asyncio.sleep(max(0.0, last_yield + interval - time.perf_counter()))
-                update = _merge(await buffer.take())
+                updates = await buffer.take(timeout=HEALTH_POLL_S)
+                if not updates:  # nothing for a while: is the engine still working?
+                    health = self.engine.health(self.settings.engine_stall_s)
+                    if not health.healthy:
+                        yield _refusal(request, health.problem, UNAVAILABLE)
+                        return
+                    continue
+                update = _merge(updates)
                 if update.token_ids:
                     if last_yield is None:
                         self.metrics.time_to_first_token.observe(time.perf_counter() - arrived)
@@ -86,7 +112,7 @@ class Generator:
                 last_yield = time.perf_counter()
                 yield dataclasses.asdict(update)
         finally:
-            if not finished:  # the caller went away (client disconnect): free the slot now
+            if not finished:  # the caller went away (client disconnect, timeout): free the slot
                 self.engine.cancel(request_id)
 
     def info(self) -> dict[str, Any]:
@@ -106,9 +132,16 @@ class Generator:
     def stats(self) -> dict[str, Any]:
         return dataclasses.asdict(self.engine.stats())
 
+    def health(self) -> dict[str, Any]:
+        """The engine's health and its numbers, for the ingress's /health."""
+        health = self.engine.health(self.settings.engine_stall_s)
+        return {**dataclasses.asdict(health), "engine": self.stats()}
+
     def check_health(self) -> None:
-        if not self.engine.alive:
-            raise RuntimeError("the generation engine's thread has stopped")
+        """Serve's periodic probe: raising marks this replica unhealthy and replaces it."""
+        health = self.engine.health(self.settings.engine_stall_s)
+        if not health.healthy:
+            raise RuntimeError(health.problem)
 
     def __del__(self) -> None:
         if hasattr(self, "_stop_metrics"):
@@ -134,12 +167,22 @@ class _UpdateBuffer:
         if wake:
             self._loop.call_soon_threadsafe(self._ready.set)
 
-    async def take(self) -> list[GenerationUpdate]:
-        await self._ready.wait()
+    async def take(self, timeout: float | None = None) -> list[GenerationUpdate]:
+        """What arrived since the last take; [] when nothing did within `timeout`."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except asyncio.TimeoutError:
+            return []
         with self._lock:
             items, self._items = self._items, []
             self._ready.clear()
         return items
+
+
+def _refusal(request: GenerationRequest, message: str, kind: str) -> dict[str, Any]:
+    """The one update of a request that never ran, or that the engine cannot finish."""
+    update = GenerationUpdate("", [], len(request.prompt), 0, "error", message, kind)
+    return dataclasses.asdict(update)
 
 
 def _merge(updates: list[GenerationUpdate]) -> GenerationUpdate:

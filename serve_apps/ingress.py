@@ -12,19 +12,23 @@ Each route is a method of Ingress; `ROUTES` is the table of them.
 # routes' parameter types from their annotations.
 import asyncio
 import hmac
+import logging
 import os
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
-from raygpt.inference.engine import GenerationRequest
+from raygpt.errors import ConfigError, RequestError
+from raygpt.inference.engine import UNAVAILABLE, GenerationRequest
 from raygpt.tokenizer import get_tokenizer
 from serve_apps.api import (
     CompleteRequest,
@@ -40,12 +44,18 @@ from serve_apps.api import (
 from serve_apps.errors import (
     BadRequest,
     error_response,
+    failed,
+    generation_error,
     http_error,
     invalid_body,
-    raise_if_failed,
+    overloaded,
 )
+from serve_apps.limits import BodyLimit
+from serve_apps.metrics import IngressMetrics
 from serve_apps.settings import ServeSettings
-from serve_apps.streaming import completion_events
+from serve_apps.streaming import cancel_stream, completion_events
+
+logger = logging.getLogger("ray.serve")
 
 # (method, path, Ingress method, needs the API key, JSON response, summary)
 ROUTES = [
@@ -58,18 +68,25 @@ ROUTES = [
 ENDPOINTS = [f"{method} {path}" for method, path, *_ in ROUTES]
 
 
-@serve.deployment(name="Ingress", max_ongoing_requests=1024)
+@serve.deployment(name="Ingress")
 @serve.ingress()
 class Ingress:
     async def __init__(self, generator: DeploymentHandle, settings: dict[str, Any]) -> None:
         self.generator = generator
         self.settings = ServeSettings.model_validate(settings)
-        self.api_key = os.environ.get(self.settings.api_key_env) or None
+        self.api_key = read_api_key(self.settings)
+        if self.api_key is None:
+            logger.warning(
+                "raygpt: no API key is set (api_key_file, $%s): anyone who reaches this "
+                "service can use it",
+                self.settings.api_key_env,
+            )
         # Waits for a generator replica: the ingress is ready when the model is.
         self.info = await generator.info.remote()
         self.model_name = self.info["model"]
         self.tokenizer = get_tokenizer(self.info["tokenizer"])
         self.created = int(time.time())
+        self.metrics = IngressMetrics(self.model_name)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         api = FastAPI(
@@ -80,7 +97,7 @@ class Ingress:
         )
         api.add_exception_handler(HTTPException, http_error)
         api.add_exception_handler(RequestValidationError, invalid_body)
-        api.middleware("http")(self.limit_body)
+        api.add_middleware(BodyLimit, limit=self.settings.max_request_bytes)
         for method, path, name, private, response, summary in ROUTES:
             api.add_api_route(
                 path,
@@ -93,13 +110,6 @@ class Ingress:
         return api
 
     # -- guards ------------------------------------------------------------------------------
-
-    async def limit_body(self, request: Request, call_next):
-        length = request.headers.get("content-length")
-        limit = self.settings.max_request_bytes
-        if length is not None and length.isdigit() and int(length) > limit:
-            return error_response(413, f"the request body is {length} bytes; the limit is {limit}")
-        return await call_next(request)
 
     async def authorized(self, request: Request) -> None:
         if self.api_key is None:
@@ -116,9 +126,12 @@ class Ingress:
 
     async def describe(self) -> dict[str, Any]:
         settings = self.settings
+        info = dict(self.info)
+        if self.api_key is not None:  # where the weights live is not a stranger's business
+            info.pop("checkpoint", None)
         return {
             "service": "raygpt",
-            **self.info,
+            **info,
             "limits": {
                 "max_tokens": settings.max_tokens_limit,
                 "max_prompts": settings.max_prompts,
@@ -157,7 +170,8 @@ class Ingress:
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stop) > 4:
             raise BadRequest(f"stop: {len(stop)} stop strings; the limit is 4", "stop")
-        requests = self.requests(
+        requests = await asyncio.to_thread(  # tokenizing a long prompt would stall the loop
+            self.requests,
             body.prompt,
             max_tokens=body.max_tokens,
             temperature=body.temperature,
@@ -170,17 +184,19 @@ class Ingress:
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if body.stream:
+            started = await self.start_streams(requests, completion_id)
             events = completion_events(
-                [self.generate(r) for r in requests],
+                started,
                 requests,
                 completion_id,
                 created,
                 self.model_name,
                 body.stream_options or StreamOptions(),
+                self.settings.retry_after_s,
             )
             return StreamingResponse(events, media_type="text/event-stream")
         results = await self.within_timeout(
-            asyncio.gather(*(self.complete_one(r) for r in requests))
+            all_or_none(self.complete_one(r, completion_id) for r in requests)
         )
         prompt_tokens = sum(len(r.prompt) for r in requests)
         completion_tokens = sum(r["completion_tokens"] for r in results)
@@ -201,13 +217,14 @@ class Ingress:
 
     async def complete(self, body: CompleteRequest) -> CompleteResponse:
         self.check_max_tokens(body.max_tokens)
-        (request,) = self.requests(
+        (request,) = await asyncio.to_thread(
+            self.requests,
             body.code,
             max_tokens=body.max_tokens,
             temperature=body.temperature,
             top_k=body.top_k or None,
         )
-        result = await self.within_timeout(self.complete_one(request))
+        result = await self.within_timeout(self.complete_one(request, f"cmpl-{uuid.uuid4().hex}"))
         return CompleteResponse(
             completion=result["text"],
             full_code=body.code + result["text"],
@@ -240,8 +257,8 @@ class Ingress:
             request = GenerationRequest(tuple(tokens or [self.tokenizer.eot_token]), **sampling)
             try:
                 request.check(self.info["context_window"], self.info["vocab_size"])
-            except ValueError as err:  # the other fields were checked by their schema
-                raise BadRequest(f"prompt: {err}", "prompt") from None
+            except RequestError as err:  # the engine's own check, naming the field
+                raise BadRequest(str(err), err.field) from None
             requests.append(request)
         return requests
 
@@ -257,13 +274,54 @@ class Ingress:
         """The generator's stream of updates for one prompt."""
         return self.generator.options(stream=True).generate.remote(request)
 
-    async def complete_one(self, request: GenerationRequest) -> dict[str, Any]:
-        """Run one prompt to the end; the merged result."""
-        text, last = [], None
-        async for update in self.generate(request):
-            text.append(update["text"])
-            last = update
-        raise_if_failed(last)
+    async def first_update(self, stream) -> dict[str, Any]:
+        """A stream's first update; 429 when the generators' queues are full."""
+        try:
+            return await stream.__anext__()
+        except BackPressureError:
+            self.metrics.rejected.inc()
+            raise overloaded(self.settings.retry_after_s) from None
+        except StopAsyncIteration:
+            return call_failed("the generator's stream ended before its first update")
+        except Exception as err:  # no replica, a replica that died
+            return call_failed(f"{type(err).__name__}: {err}")
+
+    async def start_streams(self, requests: list[GenerationRequest], completion_id: str):
+        """Every prompt's stream with its first update, or an HTTP error (and none left
+        running) when one of them is refused or fails before its first token."""
+        streams = [self.generate(r) for r in requests]
+        try:
+            firsts = await all_or_none(self.first_update(s) for s in streams)
+            for first in firsts:
+                if failed(first) and first["finish_reason"] is not None:
+                    raise generation_error(first, completion_id, self.settings.retry_after_s)
+        except BaseException:
+            for stream in streams:
+                cancel_stream(stream)
+            raise
+        return list(zip(firsts, streams, strict=True))
+
+    async def complete_one(self, request: GenerationRequest, completion_id: str) -> dict[str, Any]:
+        """Run one prompt to the end; the merged result. A timeout or a failure elsewhere
+        cancels the generator call, which frees its KV-cache slot."""
+        stream = self.generate(request)
+        last = None
+        try:
+            last = await self.first_update(stream)
+            text = [last["text"]]
+            if last["finish_reason"] is None:
+                async for update in stream:
+                    text.append(update["text"])
+                    last = update
+        except HTTPException:  # refused before it started (429)
+            raise
+        except Exception as err:  # the replica died mid-stream
+            last = call_failed(f"{type(err).__name__}: {err}")
+        finally:
+            if last is None or last["finish_reason"] is None:
+                cancel_stream(stream)
+        if failed(last):
+            raise generation_error(last, completion_id, self.settings.retry_after_s)
         return {**last, "text": "".join(text)}
 
     async def within_timeout(self, awaitable):
@@ -274,3 +332,41 @@ class Ingress:
             raise HTTPException(
                 504, f"generation took longer than request_timeout_s={timeout}"
             ) from None
+
+
+async def all_or_none(awaitables) -> list:
+    """Await them all; if one fails, cancel the others (asyncio.gather would leave them running)."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def call_failed(error: str) -> dict[str, Any]:
+    """A generator call that failed (no replica, a dead one), as the update it never sent."""
+    return {
+        "text": "",
+        "token_ids": [],
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "finish_reason": "error",
+        "error": error,
+        "error_kind": UNAVAILABLE,
+    }
+
+
+def read_api_key(settings: ServeSettings) -> str | None:
+    """The service's API key: from api_key_file if set, else from $api_key_env; None: no auth."""
+    if settings.api_key_file:
+        try:
+            key = Path(settings.api_key_file).read_text().strip()
+        except OSError as err:
+            raise ConfigError(f"api_key_file: cannot read {settings.api_key_file}: {err}") from None
+        if not key:
+            raise ConfigError(f"api_key_file: {settings.api_key_file} is empty")
+        return key
+    return os.environ.get(settings.api_key_env) or None

@@ -66,3 +66,15 @@ class ServingMetrics:
 
         threading.Thread(target=loop, name="raygpt-serve-metrics", daemon=True).start()
         return stop
+
+
+class IngressMetrics:
+    """What the ingress refuses at once because the service is full (answered 429)."""
+
+    def __init__(self, model_name: str) -> None:
+        self.rejected = metrics.Counter(
+            "raygpt_serve_requests_rejected",
+            description="Requests answered 429: the generators' queues were full.",
+            tag_keys=("model",),
+        )
+        self.rejected.set_default_tags({"model": model_name})

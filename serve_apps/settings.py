@@ -35,6 +35,13 @@ class ServeSettings(BaseModel):
     # Continuous batching: KV-cache slots per replica, requests waiting beyond them.
     max_slots: int = Field(32, ge=1)
     max_queue: int = Field(256, ge=1)
+    # Backpressure: requests a caller (a proxy, an ingress replica) queues for a deployment
+    # beyond what its replicas hold; past it the answer is 429 with Retry-After, at once.
+    max_queued_requests: int = Field(64, ge=1)
+    retry_after_s: float = Field(1, ge=0)
+    # An engine with work waiting and no finished step for this long is unhealthy: its
+    # requests end with an error and Serve replaces the replica.
+    engine_stall_s: float = Field(120, gt=0)
     # A stream sends its first token at once, then at most one chunk per interval (merged
     # tokens): keeps the HTTP path's per-chunk cost from capping many streams' throughput.
     stream_interval_s: float = Field(0.1, ge=0)
@@ -44,6 +51,9 @@ class ServeSettings(BaseModel):
     max_prompts: int = Field(8, ge=1)  # prompts in one /v1/completions request
     max_request_bytes: int = Field(1_000_000, ge=1024)
     request_timeout_s: float = Field(120, gt=0)  # a non-streaming request past this: 504
-    # Auth: the API key is read from this environment variable of the ingress replicas
-    # (a Kubernetes secret, or runtime_env env_vars); unset or empty means no auth.
+    # Auth: the API key is read from a file (api_key_file: a mounted secret) or else from this
+    # environment variable of the ingress replicas (set from a Kubernetes secret, or in the
+    # nodes' environment); neither set means no auth. Never put the key in a job's runtime_env:
+    # the dashboard and the Jobs API show those.
     api_key_env: str = "RAYGPT_API_KEY"
+    api_key_file: str | None = None

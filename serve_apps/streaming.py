@@ -1,36 +1,61 @@
-"""Server-sent events for /v1/completions with `stream: true`, in OpenAI's chunk format."""
+"""Server-sent events for /v1/completions with `stream: true`, in OpenAI's chunk format.
+
+The ingress starts every prompt's generator stream and waits for each one's first update
+before it answers (so a refusal is still a plain 4xx/5xx); from then on the answer is 200 and
+whatever happens ends in an error event and `data: [DONE]`, never in a stream left open.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from raygpt.inference.engine import GenerationRequest
+from raygpt.inference.engine import UNAVAILABLE, GenerationRequest
 from serve_apps.api import CompletionChoice, CompletionResponse, StreamOptions, Usage
+from serve_apps.errors import error_body, failed, generation_error
+
+DONE = "data: [DONE]\n\n"
 
 
 async def completion_events(
-    streams: list,
+    started: list[tuple[dict[str, Any], Any]],
     requests: list[GenerationRequest],
     completion_id: str,
     created: int,
     model_name: str,
     options: StreamOptions,
+    retry_after_s: float,
 ) -> AsyncIterator[str]:
     """One chunk per update of any prompt (tagged by its index), then a usage chunk if asked
-    for, then `data: [DONE]`. With `continuous_usage_stats` (as vLLM) every chunk carries its
-    prompt's token counts so far. A client that disconnects cancels this generator, and with
-    it every generator stream (their slots are freed)."""
+    for, then `data: [DONE]`. `started` holds each prompt's first update and the rest of its
+    stream. With `continuous_usage_stats` (as vLLM) every chunk carries its prompt's token
+    counts so far. A client that disconnects cancels this generator, and with it every
+    generator stream (their slots are freed)."""
     merged: asyncio.Queue[tuple[int, dict[str, Any] | None]] = asyncio.Queue()
 
-    async def pump(index: int, stream) -> None:
-        async for update in stream:
-            await merged.put((index, update))
+    async def pump(index: int, first: dict[str, Any], stream) -> None:
+        last = first
+        await merged.put((index, first))
+        try:
+            if first["finish_reason"] is None:
+                async for update in stream:
+                    last = update
+                    await merged.put((index, update))
+        except Exception as err:  # the replica died, the call failed: end with an error
+            last = {"finish_reason": "error", "error": f"{type(err).__name__}: {err}"}
+            await merged.put((index, {**last, "error_kind": UNAVAILABLE}))
+        if last["finish_reason"] is None:  # the stream ended without a last update
+            last = {"finish_reason": "error", "error": "the stream ended early"}
+            await merged.put((index, {**last, "error_kind": UNAVAILABLE}))
         await merged.put((index, None))
 
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    streams = [stream for _, stream in started]
+    tasks = [
+        asyncio.create_task(pump(i, first, stream)) for i, (first, stream) in enumerate(started)
+    ]
     completion_tokens, open_streams = 0, len(tasks)
     try:
         while open_streams:
@@ -38,10 +63,12 @@ async def completion_events(
             if update is None:
                 open_streams -= 1
                 continue
-            if update["error"]:
-                yield sse({"error": {"message": update["error"], "type": "server_error"}})
-                return
             reason = update["finish_reason"]
+            if reason is not None and failed(update):
+                error = generation_error(update, completion_id, retry_after_s)
+                yield sse(error_body(error.status_code, error.detail))
+                yield DONE
+                return
             if reason is not None:
                 completion_tokens += update["completion_tokens"]
             if not update["text"] and reason is None:
@@ -58,8 +85,6 @@ async def completion_events(
                     prompt_tokens=prompt, completion_tokens=done, total_tokens=prompt + done
                 )
             yield sse(chunk.model_dump(exclude_none=True))
-        for task in tasks:
-            task.result()  # a failed generator call surfaces here
         if options.include_usage:
             prompt_tokens = sum(len(r.prompt) for r in requests)
             usage = Usage(
@@ -77,12 +102,19 @@ async def completion_events(
                     "usage": usage.model_dump(),
                 }
             )
-        yield "data: [DONE]\n\n"
+        yield DONE
     finally:
         for task in tasks:
             task.cancel()
         for stream in streams:
-            stream.cancel()
+            cancel_stream(stream)
+
+
+def cancel_stream(stream) -> None:
+    """Stop a generator call and free its slot. A call that never started (refused by
+    backpressure) re-raises its refusal from cancel(): there is nothing to stop then."""
+    with contextlib.suppress(Exception):
+        stream.cancel()
 
 
 def sse(payload: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ context, so a stream lasts long enough to hang up on it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.request
@@ -14,7 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import hypothesis
 import pytest
+import schemathesis
 import torch
 
 from raygpt.checkpoint import CheckpointMeta, save_checkpoint
@@ -39,9 +42,17 @@ def service(ray_session, trained_tiny, tmp_path_factory):
     save_checkpoint(long_context, GPT(config), CheckpointMeta(model=config, tokenizer="byte"))
 
     serve.start(http_options={"host": "127.0.0.1", "port": 8000})
-    main = dict(checkpoint=str(trained_tiny), model_name="tiny", max_slots=8, **LIMITS)
+    main = dict(
+        checkpoint=str(trained_tiny),
+        model_name="tiny",
+        max_slots=8,
+        max_queued_requests=8,
+        **LIMITS,
+    )
     serve.run(build_app({**main, "api_key_env": API_KEY_ENV}), name="raygpt", route_prefix="/")
-    long = dict(checkpoint=str(long_context), quantize="none", max_tokens_limit=2000)
+    long = dict(
+        checkpoint=str(long_context), quantize="none", max_tokens_limit=2000, request_timeout_s=1.5
+    )
     serve.run(build_app({**long, "api_key_env": "RAYGPT_UNSET"}), name="long", route_prefix="/long")
     client = httpx.Client(
         base_url=URL, timeout=120, headers={"Authorization": f"Bearer {_api_key()}"}
@@ -186,6 +197,8 @@ BAD_REQUESTS = [
     ("/v1/completions", {"prompt": "x", "n": 2}, 400, "n=1"),
     ("/v1/completions", {"prompt": "x", "model": "gpt-4"}, 404, "use 'tiny'"),
     ("/v1/completions", {"prompt": "x" * 5000}, 413, "limit is 4096"),
+    ("/v1/completions", {"prompt": "x", "seed": 2**64}, 400, "seed: must be in"),
+    ("/v1/completions", {"prompt": "x", "stop": ["y" * 300]}, 400, "stop: a stop string is longer"),
     ("/complete", {"max_tokens": 4}, 422, "code"),
     ("/complete", {"code": "x", "top_k": -1}, 422, "top_k"),
     ("/complete", {"code": "x", "max_tokens": 100}, 400, "limit of 48"),
@@ -321,3 +334,170 @@ def test_the_openai_client_talks_to_the_service(service):
         model="tiny", prompt="import json\n", max_tokens=12, temperature=0, stream=True
     )
     assert "".join(p.choices[0].text for p in pieces if p.choices) == result.choices[0].text
+
+
+# -- hostile clients ---------------------------------------------------------------------------
+
+
+def test_a_stream_the_engine_refuses_ends_instead_of_hanging(service):
+    """A seed past 64 bits once passed validation, failed in the engine, and left the SSE
+    stream open forever. Refused now before streaming, naming the field."""
+    body = {"prompt": "x", "stream": True, "seed": 2**64, "max_tokens": 4}
+    response = service.post("/v1/completions", json=body, timeout=30)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "seed" and "seed" in error["message"]
+
+
+def test_degenerate_sampling_hurts_no_request_beside_it(service):
+    """A temperature in (0, 1e-38] or a top_p of 5e-324 once made NaN probabilities, and the
+    engine failed every request batched with it."""
+    jobs = [("import json\n", {}), ("def ", {}), ("class Encoder:\n    def", {})]
+    alone = [
+        complete(service, p, max_tokens=30, temperature=0, **f)["choices"][0]["text"]
+        for p, f in jobs
+    ]
+    odd = [
+        ("import json\n", {"temperature": 1e-39}),
+        ("import json\n", {"temperature": 1.0, "top_p": 5e-324}),
+    ]
+    with ThreadPoolExecutor(8) as pool:
+        normal = pool.map(lambda j: complete(service, j[0], max_tokens=30, temperature=0), jobs)
+        degenerate = pool.map(lambda j: complete(service, j[0], max_tokens=30, **j[1]), odd)
+        normal, degenerate = [r["choices"][0]["text"] for r in normal], list(degenerate)
+    assert normal == alone
+    for result in degenerate:  # greedy in effect: the most likely token each time
+        assert result["choices"][0]["text"] == alone[0]
+
+
+def test_a_chunked_body_over_the_limit_is_413_while_reading(service):
+    """The limit was checked only from Content-Length: a chunked upload was read whole."""
+
+    def chunks():
+        yield b'{"prompt": "'
+        for _ in range(64):
+            yield b"x" * 1024
+        yield b'"}'
+
+    response = service.post(
+        "/v1/completions", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413, response.text
+    assert "limit is 4096" in response.json()["error"]["message"]
+    assert complete(service, "def ", max_tokens=2)["choices"][0]["finish_reason"] == "length"
+
+
+def test_a_burst_past_the_queue_gets_429s_and_the_service_survives(service):
+    before = complete(service, "import json\n", max_tokens=24, temperature=0)["choices"][0]["text"]
+    body = {"prompt": "def ", "max_tokens": 16, "temperature": 0}
+    headers = {"Authorization": f"Bearer {_api_key()}"}
+
+    async def burst(n: int):
+        limits = httpx.Limits(max_connections=n, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=URL, timeout=120, limits=limits) as client:
+            return await asyncio.gather(
+                *(client.post("/v1/completions", json=body, headers=headers) for _ in range(n))
+            )
+
+    responses = asyncio.run(burst(300))
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 429}, [r.text for r in responses if r.status_code not in (200, 429)][
+        :3
+    ]
+    assert codes.count(429) > 0 and codes.count(200) >= 8
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    texts = {r.json()["choices"][0]["text"] for r in responses if r.status_code == 200}
+    assert len(texts) == 1  # every served one is the same greedy answer
+    assert service.get("/health").json()["status"] == "ok"
+    after = complete(service, "import json\n", max_tokens=24, temperature=0)["choices"][0]["text"]
+    assert after == before
+
+
+def long_engine(service) -> dict:
+    return service.get("/long/health").json()["engine"]
+
+
+def test_a_timed_out_request_stops_generating(service):
+    """After a 504 the generation used to run on to max_tokens, holding its slot."""
+    cancelled = long_engine(service)["requests_cancelled"]
+    body = {"prompt": "a", "max_tokens": 2000, "temperature": 0}
+    response = service.post("/long/v1/completions", json=body)
+    assert response.status_code == 504 and "request_timeout_s=1.5" in response.text
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        state = long_engine(service)
+        if state["active"] == 0 and state["requests_cancelled"] == cancelled + 1:
+            break
+        time.sleep(0.2)
+    assert (state["active"], state["requests_cancelled"]) == (0, cancelled + 1)
+
+
+def test_a_stream_whose_replica_dies_ends_with_an_error_event(service):
+    import ray
+
+    body = {"prompt": "a", "max_tokens": 2000, "temperature": 0, "stream": True}
+    with service.stream("POST", "/long/v1/completions", json=body, timeout=60) as response:
+        lines = (line for line in response.iter_lines() if line)
+        first = [next(lines) for _ in range(2)]
+        (replica,) = [
+            a
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if "long#Generator" in a["name"]
+        ]
+        ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]))
+        rest = list(lines)  # must end: an error event, then [DONE]
+    assert all(line.startswith("data: ") for line in first + rest)
+    assert rest[-1] == "data: [DONE]"
+    error = json.loads(rest[-2][len("data: ") :])["error"]
+    assert error["code"] == 503 and "not available" in error["message"]
+    assert "Error" not in error["message"]  # no exception text for the client
+    deadline = time.monotonic() + 120  # Serve replaces the replica
+    while time.monotonic() < deadline:
+        if service.get("/long/health").status_code == 200:
+            break
+        time.sleep(1)
+    again = service.post("/long/v1/completions", json={"prompt": "a", "max_tokens": 2})
+    assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] == 2
+
+
+def test_what_a_stranger_sees(service):
+    with httpx.Client(base_url=URL, timeout=30) as anonymous:
+        info = anonymous.get("/").json()
+        assert "checkpoint" not in info and info["auth"] == "bearer"
+    assert "checkpoint" in service.get("/long/").json()  # no key there: a local service
+
+
+def test_serving_beyond_localhost_without_a_key_warns(monkeypatch):
+    from serve_apps.deploy import exposure_warning
+
+    monkeypatch.delenv("RAYGPT_API_KEY", raising=False)
+    assert "no API key" in exposure_warning("0.0.0.0", {})
+    assert exposure_warning("127.0.0.1", {}) is None
+    assert exposure_warning("0.0.0.0", {"api_key_file": "/run/secrets/key"}) is None
+    monkeypatch.setenv("RAYGPT_API_KEY", "k")
+    assert exposure_warning("0.0.0.0", {}) is None
+
+
+def test_no_request_the_schema_allows_gets_a_server_error(service):
+    """Fuzz the service's own OpenAPI schema (schemathesis): whatever it generates, the answer
+    is never a 5xx. Each operation gets its own Hypothesis run."""
+    schema = schemathesis.openapi.from_url(f"{URL}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {"/v1/completions", "/complete"} <= {op.path for op in operations}
+    headers = {"Authorization": f"Bearer {_api_key()}"}
+    for operation in operations:
+
+        @hypothesis.given(case=operation.as_strategy())
+        @hypothesis.settings(
+            max_examples=50,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(hypothesis.HealthCheck),
+        )
+        def never_a_server_error(case):
+            response = case.call(headers=headers, timeout=120)
+            assert response.status_code < 500, (case.as_curl_command(), response.text[:500])
+
+        never_a_server_error()
