@@ -47,6 +47,12 @@ def main() -> None:
     source.add_argument("--import-nanogpt", metavar="DIR", help="folder with train.bin and val.bin")
     parser.add_argument("--include", action="append", help="file pattern to keep, e.g. '*.py'")
     parser.add_argument("--exclude", action="append", help="file pattern to drop")
+    parser.add_argument(
+        "--include-hidden", action="store_true", help="read dotfiles too (.env, ...: secrets)"
+    )
+    parser.add_argument(
+        "--follow-symlinks", action="store_true", help="follow symlinks out of input folders"
+    )
     parser.add_argument("--text-column", default="text", help="for JSONL / Parquet inputs")
     parser.add_argument("--tokenizer", choices=TOKENIZER_NAMES, default="gpt2")
     parser.add_argument("--val-fraction", type=float, default=0.05)
@@ -82,6 +88,8 @@ def main() -> None:
         shard_tokens=args.shard_tokens,
         tokenizer_actors=args.tokenizer_actors,
         overwrite=args.overwrite,
+        include_hidden=args.include_hidden,
+        follow_symlinks=args.follow_symlinks,
     )
     inputs = plan_inputs(options)  # bad options or paths fail before Ray starts
     init_ray(args.address, args.num_cpus)

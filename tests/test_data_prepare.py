@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raygpt.data.corpus import KEPT, content_hash, decode_document, resolve_inputs
+from raygpt.data.corpus import HIDDEN, KEPT, OUTSIDE, content_hash, decode_document, resolve_inputs
 from raygpt.data.prepare import PrepareOptions, prepare_dataset
 from raygpt.data.shards import file_sha256, read_manifest
 from raygpt.errors import RaygptError
@@ -32,7 +32,10 @@ def test_stdlib_manifest_counts_add_up(stdlib_shards):
         "uint16",
     )
     kept = sum(split.documents for split in manifest.splits.values())
-    assert manifest.files_read == kept + sum(manifest.skipped.values())
+    not_read = (HIDDEN, OUTSIDE)  # left out while listing
+    assert manifest.files_read == kept + sum(
+        n for reason, n in manifest.skipped.items() if reason not in not_read
+    )
     assert manifest.files_read == len(resolve_inputs(["stdlib"]).files) > 1000
     assert manifest.splits["train"].documents > 10 * manifest.splits["val"].documents > 0
     for name, split in manifest.splits.items():
@@ -89,6 +92,9 @@ def make_corpus(root):
     (root / "pkg" / "notes.txt").write_text("not python")
     (root / ".git").mkdir()
     (root / ".git" / "hidden.py").write_text("x = 1\n")
+    (root / "pkg" / ".secrets.py").write_text("API_KEY = 'sk-do-not-train-on-me'\n")
+    (root.parent / "outside.py").write_text("PASSWORD = 'hunter2'\n")
+    (root / "pkg" / "link.py").symlink_to(root.parent / "outside.py")
 
 
 def test_bad_files_are_counted_skips(ray_session, tmp_path):
@@ -102,8 +108,15 @@ def test_bad_files_are_counted_skips(ray_session, tmp_path):
         )
     )
     manifest = result.manifest
-    assert manifest.files_read == 6  # .txt excluded by pattern, .git skipped
-    assert manifest.skipped == {"binary": 1, "duplicate": 1, "empty": 1, "undecodable": 1}
+    assert manifest.files_read == 6  # .txt excluded by pattern; dotfiles, the link: not read
+    assert manifest.skipped == {
+        "binary": 1,
+        "duplicate": 1,
+        "empty": 1,
+        "undecodable": 1,
+        "hidden": 2,  # .git/hidden.py, pkg/.secrets.py
+        "symlink_outside_input": 1,  # pkg/link.py -> ../outside.py
+    }
     assert manifest.splits["train"].documents == 2 and manifest.splits["val"].documents == 0
     rows = list(shard_rows(result.out_dir, manifest, "train"))
     tokenizer = get_tokenizer("gpt2")
@@ -111,6 +124,26 @@ def test_bad_files_are_counted_skips(ray_session, tmp_path):
         "def add(a, b):\n    return a + b\n",
         "print('héllo wörld')\n",
     ]
+    texts = [tokenizer.decode(t) for t, _ in rows]
+    assert not any("sk-do-not-train" in t or "hunter2" in t for t in texts)
+
+
+def test_dotfiles_and_outside_links_are_read_only_when_asked(tmp_path):
+    make_corpus(tmp_path / "src")
+    plain = resolve_inputs([str(tmp_path / "src")], include=["*.py"])
+    opted = resolve_inputs(
+        [str(tmp_path / "src")], include=["*.py"], include_hidden=True, follow_symlinks=True
+    )
+    assert set(opted.files) - set(plain.files) == {
+        str((tmp_path / "src" / ".git" / "hidden.py").resolve()),
+        str((tmp_path / "src" / "pkg" / ".secrets.py").resolve()),
+        str((tmp_path / "outside.py").resolve()),
+    }
+    assert opted.skipped == {} and plain.skipped == {"hidden": 2, "symlink_outside_input": 1}
+    # a glob leaves the same out
+    matched = resolve_inputs([str(tmp_path / "src" / "pkg" / "*.py")])
+    assert matched.skipped == {"symlink_outside_input": 1}
+    assert not any(f.endswith(("outside.py", ".secrets.py")) for f in matched.files)
 
 
 def test_size_filters_and_byte_tokenizer(ray_session, tmp_path):

@@ -128,3 +128,57 @@ def test_nanogpt_bins_import_and_bad_files(tmp_path):
     with pytest.raises(RaygptError, match="has no val.bin"):
         (data / "val.bin").unlink()
         import_nanogpt(str(data), str(tmp_path / "o5"))
+
+
+def small_dataset(root, tokens_per_doc):
+    """A byte-tokenizer dataset written by the shard writer itself (no Ray): train and val."""
+    from raygpt.data.shards import Manifest, ShardWriter, write_manifest
+
+    root.mkdir(parents=True)
+    writers = {
+        split: ShardWriter(root, split, np.dtype(np.uint16), 1 << 20) for split in ("train", "val")
+    }
+    for split, writer in writers.items():
+        for doc in tokens_per_doc[split]:
+            writer.add(np.array(doc, dtype=np.uint16))
+        writer.flush()
+    manifest = Manifest("byte", 257, 256, "uint16", {s: w.stats for s, w in writers.items()})
+    write_manifest(root, manifest)
+    return manifest
+
+
+def train_plan(dataset, out_dir):
+    from raygpt.config import experiment_from_dict
+    from raygpt.train.launch import plan_training
+
+    config = {
+        "model": {"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8},
+        "data": {"dataset": str(dataset), "tokenizer": "byte"},
+        "train": {"out_dir": str(out_dir), "batch_size": 2},
+    }
+    return plan_training(experiment_from_dict(config))
+
+
+def test_a_changed_shard_fails_before_training_or_evaluation(tmp_path):
+    from raygpt.release.evaluation import val_windows
+
+    docs = {"train": [list(range(200))] * 3, "val": [list(range(100))] * 2}
+    small_dataset(tmp_path / "data", docs)
+    train_plan(tmp_path / "data", tmp_path / "run")  # as written: fine
+    shard = tmp_path / "data" / "val" / "val_00000.parquet"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: bit rot, a bad copy
+    shard.write_bytes(bytes(data))
+    with pytest.raises(RaygptError, match=r"val_00000.parquet: sha256 .* is not the manifest's"):
+        train_plan(tmp_path / "data", tmp_path / "run")
+    with pytest.raises(RaygptError, match=r"val_00000.parquet: sha256"):
+        val_windows(tmp_path / "data", 8, 4)
+
+
+def test_token_ids_beyond_the_vocabulary_fail_naming_the_shard(tmp_path):
+    docs = {"train": [list(range(200)), [5, 300, 7] * 20], "val": [list(range(100))] * 2}
+    small_dataset(tmp_path / "data", docs)  # sha256 right, content wrong for the tokenizer
+    with pytest.raises(
+        RaygptError, match=r"train_00000.parquet: token id 300 is outside the byte vocabulary \(257"
+    ):
+        train_plan(tmp_path / "data", tmp_path / "run")

@@ -135,3 +135,20 @@ def test_int8_checkpoints_are_not_exported_or_trained_from(trained_tiny, tmp_pat
         "quantize.py", "--checkpoint", str(trained_tiny), "--out", str(trained_tiny / "int8")
     )
     assert inside.returncode == 2 and "must be outside" in inside.stderr.strip().splitlines()[-1]
+
+
+def test_a_nan_loss_fails_the_int8_gate(byte_shards, tmp_path):
+    """NaN compares as "not above the limit": the gate once let a broken model through."""
+    from raygpt.checkpoint import CheckpointMeta
+    from raygpt.config import ModelConfig
+    from raygpt.errors import RaygptError
+    from raygpt.model import GPT
+    from raygpt.release.int8 import release_int8
+
+    config = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=64, vocab_size=257)
+    model = GPT(config)
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight[0, 0] = float("nan")
+    save_checkpoint(tmp_path / "nan", model, CheckpointMeta(model=config, tokenizer="byte"))
+    with pytest.raises(RaygptError, match="val loss is not a finite number"):
+        release_int8(tmp_path / "nan", tmp_path / "int8", data=byte_shards, windows=4)

@@ -1,6 +1,7 @@
 """Ray Train runs on a real local Ray: DDP equivalence, resume, fault tolerance, learning."""
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import torch
 
 from raygpt.checkpoint import load_model, read_meta
 from raygpt.config import experiment_from_dict
+from raygpt.errors import ConfigError, RaygptError
 from raygpt.model import GPT
 from raygpt.train.launch import plan_training, run_training
 from raygpt.train.loop import FAILURE_ENV
@@ -85,6 +87,11 @@ def test_resume_continues_exactly(ray_session, byte_shards, tmp_path):
     straight = train(experiment(byte_shards, tmp_path / "straight"))
     stopped = train(experiment(byte_shards, tmp_path / "resumed", train={"max_iters": 3}))
     assert stopped.steps == 3
+    # the data order is part of what a resume continues: a change is refused, by name
+    for key, value in [("batch_size", 8), ("seed", 7), ("shuffle_buffer", 0)]:
+        changed = experiment(byte_shards, tmp_path / "resumed", train={key: value})
+        with pytest.raises(ConfigError, match=rf"train.{key} changed from .* to {value}"):
+            plan_training(changed)
     resumed = train(experiment(byte_shards, tmp_path / "resumed"))  # same out_dir: resumes
     assert resumed.steps == 6
     events = [r for r in read_metrics(tmp_path / "resumed") if r.get("event") == "resumed"]
@@ -100,6 +107,34 @@ def test_resume_continues_exactly(ray_session, byte_shards, tmp_path):
             assert torch.allclose(
                 torch.as_tensor(value), torch.as_tensor(opt_b["state"][name][slot]), atol=1e-6
             ), (name, slot)
+
+
+def test_an_unreadable_latest_checkpoint_falls_back_to_the_one_before(
+    ray_session, byte_shards, tmp_path
+):
+    every_2 = {"checkpoint_interval": 2, "eval_interval": 2, "log_interval": 2}
+    straight = train(experiment(byte_shards, tmp_path / "straight", train=every_2))
+    train(experiment(byte_shards, tmp_path / "run", train={**every_2, "max_iters": 4}))
+    optimizer = tmp_path / "run" / "step_000004" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])  # a crash in the middle of a write
+    resumed = train(experiment(byte_shards, tmp_path / "run", train=every_2))
+    events = [r for r in read_metrics(tmp_path / "run") if r.get("event") == "resumed"]
+    assert events == [{"event": "resumed", "step": 2, "unreadable": "step_000004"}]
+    assert (tmp_path / "run" / "step_000004.redo1").is_dir()  # redone, saved beside it
+    assert_same_weights(weights(straight.final_model)[0], weights(resumed.final_model)[0], 1e-6)
+
+
+def test_a_diverging_run_stops_with_the_step_and_writes_no_nan(ray_session, byte_shards, tmp_path):
+    every_step = {"checkpoint_interval": 1, "eval_interval": 1, "log_interval": 1}
+    exploding = {"learning_rate": 1e30, "min_lr": 0.0, "warmup_iters": 0, "grad_clip": 0.0}
+    config = experiment(byte_shards, tmp_path / "run", train={**every_step, **exploding})
+    with pytest.raises(RaygptError, match=r"is nan at step \d: training diverged") as raised:
+        train(config)
+    assert "last good checkpoint" in str(raised.value) or "no checkpoint" in str(raised.value)
+    logged = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert "NaN" not in logged and "Infinity" not in logged
+    for checkpoint in (tmp_path / "run").glob("step_*"):
+        assert math.isfinite(read_meta(checkpoint).extra["best_val_loss"])
 
 
 def test_a_worker_that_dies_is_restarted_from_the_last_checkpoint(

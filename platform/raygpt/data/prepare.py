@@ -62,6 +62,8 @@ class PrepareOptions:
     shard_tokens: int = 1 << 24
     tokenizer_actors: int | None = None  # default: one per CPU of the cluster
     overwrite: bool = False
+    include_hidden: bool = False  # dotfiles and dot-folders (.env, .git-credentials)
+    follow_symlinks: bool = False  # symlinks that lead out of an input folder
 
     def check(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
@@ -148,7 +150,13 @@ def plan_inputs(options: PrepareOptions) -> CorpusInputs:
     """Every check that needs no Ray: options, tokenizer, inputs, table columns."""
     options.check()
     get_tokenizer(options.tokenizer)  # fails here, clearly, if the BPE is not provisioned
-    inputs = resolve_inputs(options.inputs, options.include, options.exclude)
+    inputs = resolve_inputs(
+        options.inputs,
+        options.include,
+        options.exclude,
+        options.include_hidden,
+        options.follow_symlinks,
+    )
     _check_tables(inputs.tables, options.text_column)
     return inputs
 
@@ -187,7 +195,7 @@ def prepare_dataset(options: PrepareOptions, inputs: CorpusInputs | None = None)
         start = time.perf_counter()
         dtype = token_dtype(tokenizer.vocab_size)
         writers = {split: ShardWriter(out, split, dtype, options.shard_tokens) for split in SPLITS}
-        skipped: Counter[str] = Counter()
+        skipped: Counter[str] = Counter(inputs.skipped)  # left out while listing
         seen: set[str] = set()
         files_read = bytes_read = 0
         for batch in documents.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -228,6 +236,8 @@ def prepare_dataset(options: PrepareOptions, inputs: CorpusInputs | None = None)
             extra={
                 "include": options.include,
                 "exclude": options.exclude,
+                "include_hidden": options.include_hidden,
+                "follow_symlinks": options.follow_symlinks,
                 "val_fraction": options.val_fraction,
                 "min_chars": options.min_chars,
                 "max_chars": options.max_chars,

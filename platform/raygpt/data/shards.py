@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raygpt import storage
@@ -177,6 +178,45 @@ class ShardWriter:
         self.stats.tokens += int(lengths.sum())
         self._pending, self._hashes = [], []
         self._pending_tokens = self._pending_documents = 0
+
+
+# Shards this process has checked (path, size, mtime): each is read and hashed once.
+_verified: set[tuple[str, int, int]] = set()
+
+
+def verify_shards(root: str | Path, manifest: Manifest, splits: tuple[str, ...] = SPLITS) -> None:
+    """Check every shard of `splits` before anything trains or evaluates on it: its sha256
+    is the manifest's, and its token ids fit the vocabulary. One error names the first bad
+    shard. A shard is checked once per process (again only if its size or time changes)."""
+    for split in splits:
+        stats = manifest.splits.get(split)
+        for shard in stats.shards if stats else []:
+            path = storage.join(root, shard["file"])
+            found = storage.listing(path)
+            if not found:
+                raise RaygptError(
+                    f"{path} is missing (the manifest lists it): prepare the dataset again"
+                )
+            key = (storage.absolute(path), *next(iter(found.values())))
+            if key in _verified:
+                continue
+            data = storage.read_bytes(path)
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != shard.get("sha256"):
+                raise RaygptError(
+                    f"{path}: sha256 {digest[:16]}... is not the manifest's "
+                    f"{str(shard.get('sha256'))[:16]}...: the shard changed or is corrupt; "
+                    "prepare the dataset again"
+                )
+            tokens = pq.read_table(pa.BufferReader(data), columns=["tokens"]).column("tokens")
+            values = tokens.combine_chunks().values
+            largest = pc.max(values).as_py() if len(values) else None
+            if largest is not None and largest >= manifest.vocab_size:
+                raise RaygptError(
+                    f"{path}: token id {largest} is outside the {manifest.tokenizer} vocabulary "
+                    f"({manifest.vocab_size} tokens)"
+                )
+            _verified.add(key)
 
 
 def cut_windows(tokens: np.ndarray, block_size: int) -> np.ndarray:

@@ -21,7 +21,7 @@ import torch
 
 from raygpt import storage
 from raygpt.checkpoint import read_meta
-from raygpt.data.shards import cut_windows, dataset_dir, read_manifest
+from raygpt.data.shards import cut_windows, dataset_dir, read_manifest, verify_shards
 from raygpt.errors import RaygptError
 from raygpt.inference.load import load_for_inference
 
@@ -50,6 +50,7 @@ def training_dataset(checkpoint: str) -> str:
 def val_windows(data_dir: str | Path, block_size: int, count: int) -> np.ndarray:
     """The first `count` windows of the val split's token stream."""
     manifest = read_manifest(data_dir)
+    verify_shards(data_dir, manifest, ("val",))
     needed = count * block_size + 1
     pieces, have = [], 0
     for path in manifest.shard_paths(data_dir, "val"):

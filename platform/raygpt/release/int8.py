@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import math
 from pathlib import Path
 
 from raygpt import storage
@@ -63,7 +64,14 @@ def release_int8(
             ),
         ]
         write_report(written / REPORT, reports)
-    increase = relative_change(reports[0].val_loss, reports[1].val_loss)
+    losses = (reports[0].val_loss, reports[1].val_loss)
+    if not all(map(math.isfinite, losses)):  # NaN compares as "not above any limit": check it
+        raise RaygptError(
+            f"{comparison_table(reports)}\n"
+            f"val loss is not a finite number (original {losses[0]}, INT8 {losses[1]}): "
+            f"do not serve {out}"
+        )
+    increase = relative_change(*losses)
     if increase > max_loss_increase:
         raise RaygptError(
             f"{comparison_table(reports)}\n"

@@ -11,7 +11,9 @@ that every node can reach; Ray Train writes checkpoints there itself), where a r
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -22,13 +24,14 @@ from raygpt import storage
 from raygpt.checkpoint import checkpoint_format, read_meta, read_model_config
 from raygpt.config import ExperimentConfig
 from raygpt.data.corpus import STDLIB
-from raygpt.data.shards import MANIFEST, Manifest, dataset_dir, read_manifest
+from raygpt.data.shards import MANIFEST, Manifest, dataset_dir, read_manifest, verify_shards
 from raygpt.data.stream import window_dataset
 from raygpt.errors import CheckpointError, ConfigError, RaygptError
 from raygpt.train.loop import FAILURE_ENV, train_loop_per_worker
 from raygpt.train.run_log import LOSS_PLOT, METRICS_FILE, plot_losses, read_metrics
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
+DATA_ORDER = "data_order.json"  # what decides which windows each step trains on
 
 
 @dataclass
@@ -74,6 +77,9 @@ def plan_training(config: ExperimentConfig) -> TrainingPlan:
 def check_data(plan: TrainingPlan) -> None:
     """The dataset exists, matches the model, and has enough windows for one step and one eval."""
     manifest = read_manifest(plan.data_dir)
+    verify_shards(plan.data_dir, manifest)
+    if plan.resuming:
+        check_same_data_order(plan, manifest)
     config = plan.config
     if manifest.tokenizer != config.data.tokenizer:
         raise ConfigError(
@@ -108,6 +114,35 @@ def check_data(plan: TrainingPlan) -> None:
     plan.manifest = manifest
 
 
+def data_order(config: ExperimentConfig, manifest: Manifest) -> dict[str, Any]:
+    """Everything that decides which windows a step trains on. A resumed run skips the
+    windows already trained on by counting batches, so all of it must be what it was."""
+    shards = [s["sha256"] for split in ("train", "val") for s in manifest.splits[split].shards]
+    return {
+        "data.tokenizer": config.data.tokenizer,
+        "dataset content (shard sha256s)": hashlib.sha256("".join(shards).encode()).hexdigest(),
+        "train.batch_size": config.train.batch_size,
+        "train.seed": config.train.seed,
+        "train.shuffle_buffer": config.train.shuffle_buffer,
+    }
+
+
+def check_same_data_order(plan: TrainingPlan, manifest: Manifest) -> None:
+    """A resume with another data order fails here, naming what changed."""
+    try:
+        before = json.loads(storage.read_text(storage.join(plan.run_dir, DATA_ORDER)))
+    except FileNotFoundError:
+        return  # a run from before raygpt recorded it
+    now = data_order(plan.config, manifest)
+    for key, value in now.items():
+        if key in before and before[key] != value:
+            raise ConfigError(
+                f"cannot resume {plan.run_dir}: {key} changed from {before[key]!r} to {value!r}, "
+                "and the data order depends on it (the resumed run would skip the wrong "
+                "windows): restore it, or start over in a new train.out_dir"
+            )
+
+
 def ensure_data(plan: TrainingPlan) -> None:
     """Prepare the stdlib dataset on first use and check it (a sweep does this once for all)."""
     if plan.manifest is None:
@@ -130,6 +165,8 @@ def run_training(plan: TrainingPlan, callbacks: Sequence[Any] = ()) -> TrainingR
     storage.write_text(
         storage.join(plan.run_dir, "experiment.json"), json.dumps(config.to_dict(), indent=2) + "\n"
     )
+    order = data_order(config, plan.manifest)
+    storage.write_text(storage.join(plan.run_dir, DATA_ORDER), json.dumps(order, indent=2) + "\n")
 
     # Same order on every rank and every run: what resume and the DDP batch split rely on.
     context = DataContext.get_current()
@@ -181,10 +218,15 @@ def run_training(plan: TrainingPlan, callbacks: Sequence[Any] = ()) -> TrainingR
     seconds = time.perf_counter() - start
     plot_losses(plan.run_dir)
     best = None
-    if result.best_checkpoints:
-        best = min(result.best_checkpoints, key=lambda item: item[1].get("val_loss", float("inf")))
+    scored = [
+        (checkpoint, metrics["val_loss"])
+        for checkpoint, metrics in result.best_checkpoints or []
+        if math.isfinite(metrics.get("val_loss", math.nan))
+    ]
+    if scored:
+        checkpoint, _ = min(scored, key=lambda item: item[1])
         # Ray's Checkpoint.path drops a URI's scheme: name it from the run folder instead.
-        best = storage.join(plan.run_dir, storage.name_of(best[0].path))
+        best = storage.join(plan.run_dir, storage.name_of(checkpoint.path))
     returned = result.return_value or {}
     return TrainingResult(
         run_dir=plan.run_dir,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -26,12 +27,14 @@ from raygpt import storage
 from raygpt.checkpoint import META_FILE, load_model, save_checkpoint
 from raygpt.config import ExperimentConfig, experiment_from_dict
 from raygpt.device import cpu_threads
+from raygpt.errors import CheckpointError
 from raygpt.model import GPT
 from raygpt.train.batches import epoch_windows, fixed_batches, rank_steps, to_xy
 from raygpt.train.metrics import TrainMetrics
 from raygpt.train.run_log import append_metrics
 from raygpt.train.state import (
     FULL,
+    STATE_FILE,
     TrainState,
     checkpoint_meta,
     gather_full_state,
@@ -91,6 +94,7 @@ class WorkerRun:
         self.wrapped, self.no_sync = wrap_model(self.model, self.strategy, self.device, self.world)
         self.optimizer = configure_optimizer(self.wrapped, self.train_config, self.device.type)
         self.state = TrainState()
+        self.last_saved: str | None = None  # the newest checkpoint's folder name
 
         train = self.train_config
         self.tokens_per_step = (
@@ -121,14 +125,15 @@ class WorkerRun:
             dist.all_gather_object(nodes, nodes[0])
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is not None:
-            with checkpoint.as_directory() as directory:
-                self.state = restore_training_checkpoint(
-                    Path(directory), self.wrapped, self.optimizer
-                )
-            self.state.history.append({"resumed_at": self.state.step, "world_size": self.world})
+            self.state = self._restore_newest_readable(checkpoint)
+            resumed = self.state.history[-1]
+            self.last_saved = resumed["from"]
             if self.lead:
                 say(f"resumed from step {self.state.step} (epoch {self.state.epoch})")
-                append_metrics(self.run_dir, {"event": "resumed", "step": self.state.step})
+                event = {"event": "resumed", "step": self.state.step}
+                if "unreadable" in resumed:
+                    event["unreadable"] = resumed["unreadable"]
+                append_metrics(self.run_dir, event)
         if self.lead:
             append_metrics(
                 self.run_dir,
@@ -152,6 +157,42 @@ class WorkerRun:
             if self.lead
             else None
         )
+
+    def _restore_newest_readable(self, latest) -> TrainState:
+        """Ray Train's latest checkpoint; if it is corrupt (a truncated file from a crash
+        mid-write), the newest older one in the run folder that reads, with a warning."""
+        latest_name = storage.name_of(latest.path)
+        with latest.as_directory() as directory:
+            try:
+                state = restore_training_checkpoint(Path(directory), self.wrapped, self.optimizer)
+                state.history.append(
+                    {"resumed_at": state.step, "world_size": self.world, "from": latest_name}
+                )
+                return state
+            except CheckpointError as err:
+                problem = err
+        for older in older_checkpoints(self.run_dir, latest_name):
+            try:
+                state = restore_training_checkpoint(
+                    storage.local_copy(older), self.wrapped, self.optimizer
+                )
+            except (CheckpointError, storage.StorageError):
+                continue
+            if self.lead:
+                say(
+                    f"warning: the latest checkpoint {latest_name} is unreadable ({problem}); "
+                    f"resuming from {storage.name_of(older)} instead"
+                )
+            state.history.append(
+                {
+                    "resumed_at": state.step,
+                    "world_size": self.world,
+                    "from": storage.name_of(older),
+                    "unreadable": latest_name,
+                }
+            )
+            return state
+        raise CheckpointError(f"cannot resume {self.run_dir}: no checkpoint reads ({problem})")
 
     # -- train -----------------------------------------------------------------------------
 
@@ -208,6 +249,8 @@ class WorkerRun:
             self.precision,
             self.no_sync,
         )
+        if not math.isfinite(loss):
+            raise self.diverged("loss", loss, state.step + 1)
         state.step += 1
         state.batches_into_epoch += self.world * train.gradient_accumulation_steps
         state.tokens_seen += self.tokens_per_step
@@ -227,6 +270,8 @@ class WorkerRun:
         save = checkpoint_due
         if evaluating:
             record["val_loss"] = self.evaluate()
+            if not math.isfinite(record["val_loss"]):
+                raise self.diverged("val loss", record["val_loss"], step)
             improved = (
                 self.state.best_val_loss is None or record["val_loss"] < self.state.best_val_loss
             )
@@ -273,6 +318,17 @@ class WorkerRun:
             dist.all_reduce(summed)
         return float(summed[0] / summed[1])
 
+    def diverged(self, what: str, value: float, step: int) -> TrainingDiverged:
+        last = (
+            f"the last good checkpoint is {storage.join(self.run_dir, self.last_saved)}"
+            if self.last_saved
+            else "no checkpoint was saved yet"
+        )
+        return TrainingDiverged(
+            f"{what} is {value} at step {step}: training diverged; {last}. Lower "
+            "train.learning_rate (or raise warmup_iters, keep grad_clip) and resume, or start over"
+        )
+
     def report(self, record: dict[str, Any], save: bool) -> None:
         """Hand the record (and, when saving, a checkpoint from rank 0) to Ray Train."""
         import ray.train
@@ -286,11 +342,16 @@ class WorkerRun:
                     Path(tmp), model_state, optimizer_state, self._meta(), self.state
                 )
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(
-                record,
-                checkpoint=checkpoint,
-                checkpoint_dir_name=f"step_{self.state.step:06d}" if save else None,
-            )
+            name = self.checkpoint_name() if save else None
+            ray.train.report(record, checkpoint=checkpoint, checkpoint_dir_name=name)
+        if save:
+            self.last_saved = name
+
+    def checkpoint_name(self) -> str:
+        """step_000042; after a resume that skipped an unreadable checkpoint, the steps
+        trained again are saved under new names, never over the folders Ray still tracks."""
+        redone = sum(1 for entry in self.state.history if "unreadable" in entry)
+        return f"step_{self.state.step:06d}" + (f".redo{redone}" if redone else "")
 
     def _meta(self):
         return checkpoint_meta(
@@ -334,6 +395,25 @@ class StepTimer:
 
     def restart(self, step: int) -> None:
         self.since, self.from_step = time.perf_counter(), step
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the val loss stopped being a finite number."""
+
+
+def older_checkpoints(run_dir: str, newest: str) -> list[str]:
+    """The run's checkpoint folders older than `newest`, newest first."""
+    names = {
+        path.split("/")[0]
+        for path in storage.listing(run_dir)
+        if path.startswith("step_") and path.endswith("/" + STATE_FILE)
+    }
+    older = [n for n in names if _step_of(n) < _step_of(newest)]
+    return [storage.join(run_dir, n) for n in sorted(older, key=_step_of, reverse=True)]
+
+
+def _step_of(checkpoint_name: str) -> int:
+    return int(checkpoint_name.split("_")[1].split(".")[0])  # step_000042 or step_000042.redo1
 
 
 def build_model(config: ExperimentConfig, init_weights: str | None, device: torch.device) -> GPT:

@@ -90,7 +90,15 @@ def restore_training_checkpoint(
         optimizer_state = torch.load(directory / OPTIMIZER_FILE, weights_only=True)
         raw = json.loads((directory / STATE_FILE).read_text())
         state = TrainState(**raw)
-    except (OSError, KeyError, TypeError, ValueError, RuntimeError, pickle.UnpicklingError) as err:
+    except (
+        OSError,
+        EOFError,
+        KeyError,
+        TypeError,
+        ValueError,
+        RuntimeError,
+        pickle.UnpicklingError,
+    ) as err:
         raise CheckpointError(f"cannot resume from {directory}: {err}") from None
     set_model_state_dict(model, weights, options=FULL)
     set_optimizer_state_dict(model, optimizer, optimizer_state, options=FULL)
