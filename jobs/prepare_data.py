@@ -10,6 +10,7 @@ python jobs/prepare_data.py --import-nanogpt nanoGPT/data/openwebtext --out data
 from __future__ import annotations
 
 from raygpt.cli import JobParser, add_ray_arguments, run_cli
+from raygpt.data.corpus import HIDDEN, OUTSIDE
 from raygpt.data.import_tokens import import_llmc, import_nanogpt
 from raygpt.data.prepare import PrepareOptions, PrepareResult, plan_inputs, prepare_dataset
 from raygpt.data.shards import Manifest
@@ -24,9 +25,14 @@ def summary(manifest: Manifest, out: str, seconds: float | None, bytes_read: int
             f"  {name:5}: {split.documents:>9,} documents {split.tokens:>13,} tokens "
             f"in {len(split.shards)} shard(s)"
         )
-    if manifest.skipped:
-        reasons = ", ".join(f"{n:,} {reason}" for reason, n in manifest.skipped.items())
+    listing = {r: n for r, n in manifest.skipped.items() if r in (HIDDEN, OUTSIDE)}
+    read = {r: n for r, n in manifest.skipped.items() if r not in listing}
+    if read:
+        reasons = ", ".join(f"{n:,} {reason}" for reason, n in read.items())
         lines.append(f"  skipped: {reasons} (of {manifest.files_read:,} read)")
+    if listing:
+        reasons = ", ".join(f"{n:,} {reason}" for reason, n in listing.items())
+        lines.append(f"  left out: {reasons} (--include-hidden, --follow-symlinks take them)")
     if seconds:
         tokens = sum(s.tokens for s in manifest.splits.values())
         rate = f"{tokens / seconds:,.0f} tokens/s"

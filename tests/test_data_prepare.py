@@ -270,7 +270,8 @@ def test_prepare_job_end_to_end(tmp_path):
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert (
         "train:" in ok.stdout
-        and "skipped: 1 binary, 1 duplicate, 1 empty, 1 undecodable" in ok.stdout
+        and "skipped: 1 binary, 1 duplicate, 1 empty, 1 undecodable (of 6 read)" in ok.stdout
+        and "left out: 2 hidden, 1 symlink_outside_input" in ok.stdout
     )
     assert "tokens/s" in ok.stdout
     bad = run_job(
