@@ -8,9 +8,9 @@ from raygpt.errors import TokenizerError
 from raygpt.tokenizer import (
     R50K_CACHE_NAME,
     ByteTokenizer,
-    _gpt2_encoding,
     default_cache_dir,
     get_tokenizer,
+    gpt2_encoding,
 )
 from raygpt.tokenizer_setup import provision
 
@@ -45,7 +45,7 @@ def test_missing_ranks_say_how_to_provision(tmp_path, monkeypatch):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     with pytest.raises(TokenizerError, match=r"make tokenizer.*openai-whisper"):
-        _gpt2_encoding(allow_download=False)
+        gpt2_encoding(allow_download=False)
 
 
 def test_provision_rejects_ranks_with_the_wrong_hash(tmp_path):

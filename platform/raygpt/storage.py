@@ -35,6 +35,17 @@ class StorageError(RaygptError):
     """A location that cannot be reached, read or written."""
 
 
+def cache_root() -> Path:
+    """Where provisioned files live (the GPT-2 BPE, pretrained models): $RAYGPT_CACHE_DIR,
+    else the source checkout's .cache, else ~/.cache/raygpt."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file():
+        return checkout / ".cache"
+    return Path.home() / ".cache" / "raygpt"
+
+
 def is_uri(location: str | Path) -> bool:
     return "://" in str(location)
 
