@@ -29,19 +29,44 @@ Problem = tuple[tuple[str, ...], str]  # (keys within the section involved, what
 
 @dataclass
 class ModelConfig:
+    """The network. The defaults are nanoGPT's GPT-2; the switches after `activation` make the
+    modern (Llama-family) block: rotary positions, RMSNorm, SwiGLU, grouped-query attention,
+    untied embeddings. SmolLM2, Llama, Qwen2 and Mistral are settings of these."""
+
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
     block_size: int = 1024
     vocab_size: int = 50257  # the tokenizer's; the embedding is padded (padded_vocab_size)
     dropout: float = 0.0
-    bias: bool = True
+    bias: bool = True  # in every Linear and LayerNorm
     # GPT-2's released weights use the tanh approximation; nanoGPT trains with exact GELU.
     activation: Literal["gelu", "gelu_tanh"] = "gelu"
+    n_kv_head: int | None = None  # key/value heads: fewer than n_head is GQA, 1 is MQA
+    position: Literal["learned", "rope"] = "learned"
+    rope_theta: float = 10000.0
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: float = 1e-5
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    mlp_hidden: int | None = None  # the MLP's inner width; None: 4 * n_embd
+    qkv_bias: bool | None = None  # biases on q, k, v only (Qwen2); None: as `bias`
+    tie_embeddings: bool = True  # the output head is the token embedding
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hidden(self) -> int:
+        return self.mlp_hidden or 4 * self.n_embd
+
+    @property
+    def has_qkv_bias(self) -> bool:
+        return self.bias if self.qkv_bias is None else self.qkv_bias
 
     @property
     def padded_vocab_size(self) -> int:
@@ -57,6 +82,23 @@ class ModelConfig:
                     f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}",
                 )
             )
+        if self.n_kv_head is not None and not (
+            1 <= self.n_kv_head <= self.n_head and self.n_head % self.n_kv_head == 0
+        ):
+            found.append(
+                (
+                    ("n_kv_head", "n_head"),
+                    f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head}",
+                )
+            )
+        if self.position == "rope" and self.n_head > 0 and self.head_dim % 2:
+            found.append((("position",), f"rope needs an even head size, not {self.head_dim}"))
+        if not self.rope_theta > 0:
+            found.append((("rope_theta",), f"must be > 0, got {self.rope_theta}"))
+        if not 0 < self.norm_eps < 1:
+            found.append((("norm_eps",), f"must be in (0, 1), got {self.norm_eps}"))
+        if self.mlp_hidden is not None and self.mlp_hidden < 1:
+            found.append((("mlp_hidden",), f"must be >= 1, got {self.mlp_hidden}"))
         if not 0.0 <= self.dropout < 1.0:
             found.append((("dropout",), f"must be in [0, 1), got {self.dropout}"))
         return found
@@ -66,10 +108,15 @@ class ModelConfig:
 class DataConfig:
     # A folder of token shards made by jobs/prepare_data.py, or 'stdlib' (the embedded corpus).
     dataset: str = "stdlib"
-    tokenizer: Literal["gpt2", "byte"] = "gpt2"
+    # 'gpt2', 'byte', or a model's own: the path of its tokenizer.json, or of a checkpoint
+    # folder holding one (e.g. .cache/models/smollm2-135m-instruct)
+    tokenizer: str = "gpt2"
 
     def problems(self) -> list[Problem]:
-        return [] if self.dataset.strip() else [(("dataset",), "must not be empty")]
+        found = [] if self.dataset.strip() else [(("dataset",), "must not be empty")]
+        if not self.tokenizer.strip():
+            found.append((("tokenizer",), "must not be empty"))
+        return found
 
 
 @dataclass

@@ -68,7 +68,7 @@ class GenerationRequest:
     top_p: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()  # stop strings: the text ends before the first one
-    stop_at_eot: bool = True  # the end-of-text token ends the completion (not part of it)
+    stop_at_eot: bool = True  # an end token (end-of-text, end-of-turn) ends it, unseen
 
     def check(self, block_size: int, vocab_size: int) -> None:
         """Raise RequestError naming the field at fault; the engine never starts a bad request."""
@@ -147,17 +147,19 @@ class GenerationEngine:
         tokenizer: Tokenizer,
         max_slots: int = 32,
         max_queue: int = 1024,
+        max_context: int | None = None,
     ) -> None:
+        """`max_context` caps the context window below the model's (SmolLM2's 8192 tokens in
+        32 slots would need a 12 GB cache): prompt and completion together fit in it."""
         if max_slots < 1:
             raise ValueError(f"max_slots must be >= 1, got {max_slots}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_slots = max_slots
         self.max_queue = max_queue
-        self.block_size = model.config.block_size
-        param = model.transformer.wpe.weight  # float even when the matmuls are int8
-        self.device = param.device
-        self.cache = KVCache(model.config, max_slots, self.block_size, param.dtype, param.device)
+        self.block_size = min(model.config.block_size, max_context or model.config.block_size)
+        self.device, dtype = model.param_device_dtype
+        self.cache = KVCache(model.config, max_slots, self.block_size, dtype, self.device)
         self._slots: list[_Sequence] = []  # row i of the cache is _slots[i]
         self._queue: deque[_Sequence] = deque()
         self._cancelled: set[int] = set()
@@ -378,7 +380,7 @@ class GenerationEngine:
         request = sequence.request
         with self._lock:
             self._tokens += 1
-        if request.stop_at_eot and token == self.tokenizer.eot_token:
+        if request.stop_at_eot and token in self.tokenizer.stop_tokens:
             self._finish_update(sequence, "stop")
             return True
         sequence.tokens.append(token)

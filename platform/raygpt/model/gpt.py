@@ -1,9 +1,19 @@
-"""The GPT: nanoGPT's architecture in one file, with a preallocated KV cache for generation.
+"""The GPT: nanoGPT's architecture and the modern (Llama-family) block in one file, with a
+preallocated KV cache for generation.
 
-Pre-LayerNorm transformer blocks, causal self-attention through
-`scaled_dot_product_attention`, a GELU MLP, learned positions, the output head tied to the
-token embedding, optional biases, and a vocabulary padded to a multiple of 64. Parameter
-names match nanoGPT's and (modulo Conv1D's transposed weights) Hugging Face's GPT-2.
+Pre-norm transformer blocks and causal self-attention through `scaled_dot_product_attention`,
+then one switch per improvement of the last five years (ModelConfig; the defaults are GPT-2):
+
+    positions   learned (GPT-2)          or rotary, RoPE (`position: rope`, `rope_theta`)
+    norm        LayerNorm                or RMSNorm
+    MLP         GELU, 4x wide            or SwiGLU (`mlp_hidden` wide)
+    attention   one key/value per head   or grouped-query / multi-query (`n_kv_head`)
+    biases      everywhere or nowhere    or on q, k, v only (`qkv_bias`, Qwen2)
+    output      tied to the embedding    or its own matrix (`tie_embeddings: false`)
+
+The vocabulary is padded to a multiple of 64. Parameter names are nanoGPT's: q, k and v are
+one matrix (c_attn), and SwiGLU's gate and up projections are one (c_fc), so each is one
+matmul; the HF converters split and join them.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from raygpt.model.kv_cache import KVCache
 from raygpt.model.sampling import sample_next_token
 
 LayerCache = tuple[torch.Tensor, torch.Tensor]
+Rotation = tuple[torch.Tensor, torch.Tensor]  # cos and sin, broadcastable to (B, H, T, hd/2)
 
 
 class RowPositions:
@@ -36,21 +47,58 @@ class RowPositions:
         self.mask = (keys <= positions[:, None])[:, None, None, :]  # (B, 1, 1, end)
 
 
+def rope_tables(config: ModelConfig, device: torch.device | None = None) -> Rotation:
+    """cos and sin of every position's rotation angles, (block_size, head_dim / 2), float32.
+    Pair i of a head turns by position * theta^(-2i / head_dim) (Su et al. 2021)."""
+    half = config.head_dim // 2
+    inverse_frequency = config.rope_theta ** -(
+        torch.arange(0, half, dtype=torch.float32, device=device) / half
+    )
+    angles = torch.outer(
+        torch.arange(config.block_size, dtype=torch.float32, device=device), inverse_frequency
+    )
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, rotation: Rotation) -> torch.Tensor:
+    """Rotate each head's pairs (x[i], x[i + hd/2]) by their angles: HF Llama's layout."""
+    cos, sin = rotation
+    first, second = x.float().chunk(2, dim=-1)
+    turned = torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
+    return turned.to(x.dtype)
+
+
+def norm_layer(config: ModelConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.n_head = config.n_head
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
         self.dropout = config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        kv_width = self.n_kv_head * self.head_dim
+        self.split = (config.n_embd, kv_width, kv_width)  # q, k, v out of one matmul
+        self.c_attn = nn.Linear(config.n_embd, sum(self.split), bias=config.has_qkv_bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self, x: torch.Tensor, cache: LayerCache | None, start_pos: int | RowPositions
+        self,
+        x: torch.Tensor,
+        cache: LayerCache | None,
+        start_pos: int | RowPositions,
+        rotation: Rotation | None,
     ) -> torch.Tensor:
         B, T, C = x.shape
-        # (B, T, 3C) -> three (B, n_head, T, head_dim)
-        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        q, k, v = self.c_attn(x).split(self.split, dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, T, hd)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if rotation is not None:
+            q, k = rotate(q, rotation), rotate(k, rotation)
         mask, causal = None, True
         if isinstance(start_pos, RowPositions):  # one new token per row, each at its own position
             cache_k, cache_v = cache
@@ -76,6 +124,7 @@ class CausalSelfAttention(nn.Module):
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=causal,
+            enable_gqa=self.n_kv_head != self.n_head,  # each k/v head serves n_head/K queries
         )
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -84,35 +133,50 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.swiglu = config.mlp == "swiglu"
+        width = 2 * config.hidden if self.swiglu else config.hidden  # SwiGLU: gate and up
+        self.c_fc = nn.Linear(config.n_embd, width, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh" if config.activation == "gelu_tanh" else "none")
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        if self.swiglu:  # Shazeer 2020: silu(x W_gate) * (x W_up)
+            gate, up = self.c_fc(x).chunk(2, dim=-1)
+            hidden = F.silu(gate) * up
+        else:
+            hidden = self.gelu(self.c_fc(x))
+        return self.dropout(self.c_proj(hidden))
 
 
 class Block(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = norm_layer(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = norm_layer(config)
         self.mlp = MLP(config)
-        self.activation_checkpointing = False  # set by training.set_activation_checkpointing
+        self.activation_checkpointing = False  # set by train.step.set_activation_checkpointing
 
     def forward(
-        self, x: torch.Tensor, cache: LayerCache | None = None, start_pos: int | RowPositions = 0
+        self,
+        x: torch.Tensor,
+        cache: LayerCache | None = None,
+        start_pos: int | RowPositions = 0,
+        rotation: Rotation | None = None,
     ) -> torch.Tensor:
         if self.activation_checkpointing and self.training and cache is None:
-            return checkpoint(self._forward, x, None, 0, use_reentrant=False)
-        return self._forward(x, cache, start_pos)
+            return checkpoint(self._forward, x, None, 0, rotation, use_reentrant=False)
+        return self._forward(x, cache, start_pos, rotation)
 
     def _forward(
-        self, x: torch.Tensor, cache: LayerCache | None, start_pos: int | RowPositions
+        self,
+        x: torch.Tensor,
+        cache: LayerCache | None,
+        start_pos: int | RowPositions,
+        rotation: Rotation | None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, start_pos)
+        x = x + self.attn(self.ln_1(x), cache, start_pos, rotation)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -120,23 +184,25 @@ class GPT(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-            )
+        layers = dict(
+            wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+            ln_f=norm_layer(config),
         )
+        if config.position == "learned":
+            layers["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        self.transformer = nn.ModuleDict(layers)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied: one matrix, two uses
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight  # one matrix, two uses
         self.apply(self._init_weights)
         # GPT-2's scaled init: residual projections shrink with depth so the stream's
         # variance stays put as 2 * n_layer branches add into it.
         for name, param in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        self.reset_rope()
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -145,10 +211,39 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def reset_rope(self) -> None:
+        """(Re)build the rotation tables: they are no weights, so a checkpoint holds none and
+        a model built on the meta device and then loaded needs them made here."""
+        if self.config.position == "rope":
+            cos, sin = rope_tables(self.config, self.transformer.ln_f.weight.device)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        """.to(), .cuda(), .bfloat16() move the rotation tables too, then they are rebuilt in
+        float32: angles rounded to bf16 would turn far positions wrong."""
+        module = super()._apply(fn, recurse)
+        self.reset_rope()
+        return module
+
+    @property
+    def param_device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        """Where the model lives and its float dtype (ln_f stays float in INT8 models)."""
+        weight = self.transformer.ln_f.weight
+        return weight.device, weight.dtype
+
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; positions excluded by default (nanoGPT's convention), tied head once."""
+        """Parameter count, each matrix once. Non-embedding (nanoGPT's convention, and the N
+        of 6N FLOPs per token) leaves out lookup tables: learned positions, and the token
+        embedding when it is not also the output head."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        if not non_embedding:
+            return n
+        if "wpe" in self.transformer:
+            n -= self.transformer.wpe.weight.numel()
+        if not self.config.tie_embeddings:
+            n -= self.transformer.wte.weight.numel()
+        return n
 
     def forward(
         self,
@@ -174,15 +269,21 @@ class GPT(nn.Module):
                 )
             start_pos = RowPositions(start_pos)
             last = start_pos.end - 1
-            pos = start_pos.positions[:, None]
+            pos = start_pos.positions[:, None]  # (B, 1)
         else:
             last = start_pos + T - 1
             pos = torch.arange(start_pos, start_pos + T, dtype=torch.long, device=idx.device)
         if last >= self.config.block_size:
             raise ValueError(f"position {last} exceeds block_size={self.config.block_size}")
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        rotation = None
+        if self.config.position == "rope":  # (T, hd/2) or (B, 1, hd/2) -> broadcast over heads
+            rotation = (self.rope_cos[pos].unsqueeze(-3), self.rope_sin[pos].unsqueeze(-3))
+        else:
+            x = x + self.transformer.wpe(pos)
+        x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache.layer(i) if cache is not None else None, start_pos)
+            x = block(x, cache.layer(i) if cache is not None else None, start_pos, rotation)
         x = self.transformer.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)
@@ -202,10 +303,11 @@ class GPT(nn.Module):
         kernels stream it faster at small batch (GPT-2 124M decode: 28 -> 35 tokens/s on
         2 cores, bench/bench_generate.py). For inference only: training keeps row-major.
         """
+        tied = self.config.tie_embeddings
         for module in self.modules():
-            if isinstance(module, nn.Linear) and module is not self.lm_head:
+            if isinstance(module, nn.Linear) and not (tied and module is self.lm_head):
                 module.weight.data = module.weight.data.t().contiguous().t()
-        if isinstance(self.transformer.wte, nn.Embedding):  # INT8 models have their own
+        if tied and isinstance(self.transformer.wte, nn.Embedding):  # INT8 has its own
             wte = self.transformer.wte.weight  # also the tied output head
             wte.data = wte.data.t().contiguous().t()
         return self
@@ -217,9 +319,11 @@ class GPT(nn.Module):
                 f"block_size must be in [1, {self.config.block_size}], got {block_size}"
             )
         self.config.block_size = block_size
-        wpe = self.transformer.wpe
-        wpe.weight = nn.Parameter(wpe.weight.detach()[:block_size].clone())
-        wpe.num_embeddings = block_size
+        if "wpe" in self.transformer:
+            wpe = self.transformer.wpe
+            wpe.weight = nn.Parameter(wpe.weight.detach()[:block_size].clone())
+            wpe.num_embeddings = block_size
+        self.reset_rope()
 
     @torch.no_grad()
     def generate(
@@ -251,10 +355,8 @@ class GPT(nn.Module):
         finished = torch.zeros(batch, dtype=torch.bool, device=idx.device)
         cache = None
         if use_cache:
-            param = self.transformer.wpe.weight  # float even when the matmuls are int8
-            cache = KVCache(
-                self.config, batch, prompt_len + max_new_tokens, param.dtype, param.device
-            )
+            device, dtype = self.param_device_dtype
+            cache = KVCache(self.config, batch, prompt_len + max_new_tokens, dtype, device)
         cached = 0  # positions of `out` whose keys/values are in the cache
         for _ in range(max_new_tokens):
             if cache is not None and length <= cache.max_len:

@@ -10,7 +10,8 @@ largest matrix of all). The int8 values and per-output-channel scales then live 
 - larger batches, and GPUs: x @ int8.to(x.dtype).T * scale, gpt-fast's form, which
   torch.compile fuses on GPU.
 
-The embedding reads the head's int8 rows, so the tied matrix is stored once, in int8.
+The embedding reads the head's int8 rows, so the tied matrix is stored once, in int8. An
+untied embedding stays a float lookup table (it costs no matmul).
 """
 
 from __future__ import annotations
@@ -86,8 +87,10 @@ def quantize_model(model: GPT, method: str = WEIGHT_ONLY) -> GPT:
     if is_quantized(model):
         raise CheckpointError("this model is already INT8: quantize the original checkpoint")
     model = model.float().eval()
-    # The tied head is quantized as a Linear of its own; its per-row scales serve the embedding.
-    model.lm_head.weight = nn.Parameter(model.transformer.wte.weight.detach().clone())
+    if model.config.tie_embeddings:
+        # The tied head is quantized as a Linear of its own; its per-row scales serve the
+        # embedding.
+        model.lm_head.weight = nn.Parameter(model.transformer.wte.weight.detach().clone())
     quantize_(
         model, Int8WeightOnlyConfig(), filter_fn=lambda module, _: isinstance(module, nn.Linear)
     )
@@ -124,6 +127,7 @@ def _linears(model: nn.Module):
 
 
 def _finish(model: GPT, method: str) -> GPT:
-    model.transformer.wte = Int8Embedding(model.lm_head)
+    if model.config.tie_embeddings:
+        model.transformer.wte = Int8Embedding(model.lm_head)
     model.quantization = method
     return model.eval()

@@ -8,7 +8,8 @@ from raygpt.config import ModelConfig
 
 
 class KVCache:
-    """Keys and values of every layer, each `(batch, n_head, max_len, head_dim)`.
+    """Keys and values of every layer, each `(batch, n_kv_head, max_len, head_dim)`: with
+    grouped-query attention the cache is n_head / n_kv_head times smaller.
 
     Allocated once for the longest sequence it will hold; attention writes new positions
     in place and reads the filled prefix, so a decode step costs no copies of the past.
@@ -23,7 +24,7 @@ class KVCache:
         device: torch.device | str = "cpu",
     ) -> None:
         self.max_len = min(max_len or config.block_size, config.block_size)
-        shape = (batch_size, config.n_head, self.max_len, config.head_dim)
+        shape = (batch_size, config.kv_heads, self.max_len, config.head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
         self.values = [
             torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)
