@@ -159,6 +159,11 @@ def test_metadata_that_disagrees_with_the_weights(tiny):
 
 
 def test_hf_folder_of_another_architecture(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(CheckpointError, match="model_type is 'llama', expected 'gpt2'"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+    with pytest.raises(
+        CheckpointError, match="a Hugging Face 'mamba' model; raygpt reads gpt2 and"
+    ):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))  # incomplete
+    with pytest.raises(CheckpointError, match=r"config.json: model.n_layer: expected an integer"):
         load_model(tmp_path)

@@ -1,14 +1,19 @@
 """Checkpoints on disk: raygpt's own format and the ones it imports and exports.
 
-    native.py   raygpt's folder (safetensors + raygpt.json) and the one weight loader
-    hf_gpt2.py  Hugging Face GPT-2 folders, in and out
-    nanogpt.py  nanoGPT's ckpt.pt, in
-    load.py     tells the format apart and loads any of them
+    native.py    raygpt's folder (safetensors + raygpt.json) and the one weight loader
+    hf_files.py  reading a Hugging Face folder: config, weights, tokenizer files
+    hf_gpt2.py   Hugging Face GPT-2 folders, in and out
+    hf_llama.py  Hugging Face Llama, Mistral and Qwen2 folders, in and out
+    gguf.py      llama.cpp's GGUF files, in
+    nanogpt.py   nanoGPT's ckpt.pt, in
+    load.py      tells the format apart, loads any of them, exports to HF
+    pretrained.py  real pretrained models from the package index, provisioned offline
 
-Converters depend on native.py and the model, never on each other or on this package's face.
+Converters depend on native.py (and hf_files.py) and the model, never on each other or on
+this package's face.
 """
 
-from raygpt.checkpoint.load import checkpoint_format, load_model, read_model_config
+from raygpt.checkpoint.load import checkpoint_format, export_hf, load_model, read_model_config
 from raygpt.checkpoint.native import (
     META_FILE,
     WEIGHTS_FILE,
@@ -22,6 +27,7 @@ __all__ = [
     "WEIGHTS_FILE",
     "CheckpointMeta",
     "checkpoint_format",
+    "export_hf",
     "load_model",
     "read_meta",
     "read_model_config",

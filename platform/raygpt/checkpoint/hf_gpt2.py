@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import save_file
 
 from raygpt import storage
-from raygpt.checkpoint.native import CheckpointMeta, model_from_state_dict, read_safetensors
+from raygpt.checkpoint.hf_files import CONFIG_FILE, read_hf_config, read_hf_weights
+from raygpt.checkpoint.native import CheckpointMeta, model_from_state_dict
 from raygpt.config import ModelConfig, section_from_dict
 from raygpt.errors import CheckpointError, RaygptError
 from raygpt.model import GPT
@@ -35,7 +36,7 @@ def load_hf_gpt2(directory: Path, device: torch.device | str = "cpu") -> tuple[G
     """Load a local HF GPT-2 folder (config.json + model.safetensors or pytorch_model.bin)."""
     config = hf_model_config(directory)
     state = {}
-    for name, tensor in _read_hf_weights(directory, device).items():
+    for name, tensor in read_hf_weights(directory, device).items():
         name = name.removeprefix("transformer.")
         if name.endswith((".attn.bias", ".attn.masked_bias")) or name == "lm_head.weight":
             continue  # old causal-mask buffers; the head is tied to wte
@@ -54,6 +55,13 @@ def export_hf_gpt2(model: GPT, meta: CheckpointMeta, directory: str | Path) -> P
             "an INT8 checkpoint cannot be exported to HF GPT-2: export the original"
         )
     config = model.config
+    gpt2_layout = dict(position="learned", norm="layernorm", mlp="gelu", tie_embeddings=True)
+    changed = [k for k, v in gpt2_layout.items() if getattr(config, k) != v]
+    if changed or config.kv_heads != config.n_head or config.qkv_bias is not None:
+        raise CheckpointError(
+            f"this model is not GPT-2's layout ({', '.join(changed) or 'n_kv_head, qkv_bias'} "
+            "differ): the modern block exports as a Llama folder"
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state: dict[str, torch.Tensor] = {}
@@ -108,13 +116,8 @@ def _hf_config(config: ModelConfig, meta: CheckpointMeta, model: GPT) -> dict[st
 
 def hf_model_config(directory: str | Path) -> ModelConfig:
     """The architecture from config.json (a local folder or a URI: read in place)."""
-    path = storage.join(directory, "config.json")
-    try:
-        hf = json.loads(storage.read_text(path))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is corrupt: {err}") from None
-    if not isinstance(hf, dict):
-        raise CheckpointError(f"{path} is not a JSON object")
+    path = storage.join(directory, CONFIG_FILE)
+    hf = read_hf_config(directory)
     if hf.get("model_type") != "gpt2":
         raise CheckpointError(f"{path}: model_type is {hf.get('model_type')!r}, expected 'gpt2'")
     unsupported = {
@@ -147,30 +150,3 @@ def hf_model_config(directory: str | Path) -> ModelConfig:
         return section_from_dict(ModelConfig, values, "model", str(path))
     except RaygptError as err:
         raise CheckpointError(str(err)) from None
-
-
-def _read_hf_weights(directory: Path, device: torch.device | str) -> dict[str, torch.Tensor]:
-    single = directory / "model.safetensors"
-    index = directory / "model.safetensors.index.json"
-    legacy = directory / "pytorch_model.bin"
-    if single.is_file():
-        return read_safetensors(single, device)
-    if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{index} is corrupt: {err}") from None
-        state: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            state.update(read_safetensors(directory / shard, device))
-        return state
-    if legacy.is_file():
-        try:
-            return torch.load(legacy, map_location=device, weights_only=True)
-        except Exception as err:
-            raise CheckpointError(
-                f"{legacy} could not be read as plain tensors (weights_only=True): {err}"
-            ) from None
-    raise CheckpointError(
-        f"{directory}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin"
-    )
