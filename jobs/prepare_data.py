@@ -15,7 +15,6 @@ from raygpt.data.import_tokens import import_llmc, import_nanogpt
 from raygpt.data.prepare import PrepareOptions, PrepareResult, plan_inputs, prepare_dataset
 from raygpt.data.shards import Manifest
 from raygpt.ray_runtime import init_ray
-from raygpt.tokenizer import TOKENIZER_NAMES
 
 
 def summary(manifest: Manifest, out: str, seconds: float | None, bytes_read: int | None) -> str:
@@ -60,7 +59,11 @@ def main() -> None:
         "--follow-symlinks", action="store_true", help="follow symlinks out of input folders"
     )
     parser.add_argument("--text-column", default="text", help="for JSONL / Parquet inputs")
-    parser.add_argument("--tokenizer", choices=TOKENIZER_NAMES, default="gpt2")
+    parser.add_argument(
+        "--tokenizer",
+        default="gpt2",
+        help="gpt2, byte, or a model's own: a tokenizer.json or a checkpoint folder holding one",
+    )
     parser.add_argument("--val-fraction", type=float, default=0.05)
     parser.add_argument("--min-chars", type=int, default=1)
     parser.add_argument("--max-chars", type=int, default=None)

@@ -16,9 +16,9 @@ import torch
 from raygpt.cli import JobParser, run_cli
 from raygpt.device import pick_device
 from raygpt.errors import RaygptError
-from raygpt.inference.load import load_for_inference
+from raygpt.inference.load import checkpoint_tokenizer, load_for_inference
 from raygpt.model.sampling import check_sampling
-from raygpt.tokenizer import TOKENIZER_NAMES, get_tokenizer
+from raygpt.tokenizer import get_tokenizer
 
 
 def read_prompt(text: str) -> str:
@@ -43,7 +43,9 @@ def main() -> None:
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--tokenizer", choices=TOKENIZER_NAMES, help="override the checkpoint's")
+    parser.add_argument(
+        "--tokenizer", help="override the checkpoint's: gpt2, byte or a tokenizer.json path"
+    )
     parser.add_argument(
         "--no-stop", action="store_true", help="keep going past the end-of-text token"
     )
@@ -57,18 +59,20 @@ def main() -> None:
 
     device = pick_device(args.device)
     model, meta = load_for_inference(args.checkpoint, device)
-    name = args.tokenizer or meta.tokenizer
-    if name is None:
+    if args.tokenizer:
+        tokenizer = get_tokenizer(args.tokenizer)
+    elif meta.tokenizer is None:
         raise RaygptError(f"{args.checkpoint} does not say its tokenizer; pass --tokenizer")
-    tokenizer = get_tokenizer(name)
+    else:
+        tokenizer = checkpoint_tokenizer(meta)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise RaygptError(
-            f"tokenizer '{name}' has {tokenizer.vocab_size} tokens but the model knows "
+            f"tokenizer '{tokenizer.name}' has {tokenizer.vocab_size} tokens but the model knows "
             f"{model.config.vocab_size}: pass the tokenizer it was trained with"
         )
     ids = tokenizer.encode(read_prompt(args.prompt)) or [tokenizer.eot_token]
     prompt = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)
-    stop = () if args.no_stop else (tokenizer.eot_token,)
+    stop = () if args.no_stop else tuple(tokenizer.stop_tokens)
 
     start = time.perf_counter()
     out = model.generate(
@@ -84,8 +88,9 @@ def main() -> None:
     made = 0
     for row in out.tolist():
         new = row[len(ids) :]
-        if stop and tokenizer.eot_token in new:
-            new = new[: new.index(tokenizer.eot_token)]
+        ends = [i for i, t in enumerate(new) if t in stop]
+        if ends:
+            new = new[: ends[0]]
         made += len(new)
         print(tokenizer.decode(ids + new))
         print("---------------")

@@ -33,8 +33,7 @@ from raygpt.inference.engine import (
     GenerationRequest,
     GenerationUpdate,
 )
-from raygpt.inference.load import load_for_serving
-from raygpt.tokenizer import get_tokenizer
+from raygpt.inference.load import checkpoint_tokenizer, load_for_serving
 from serve_apps.metrics import ServingMetrics
 from serve_apps.settings import ServeSettings
 
@@ -56,10 +55,15 @@ class Generator:
         )
         if meta.tokenizer is None:
             raise ValueError(f"{self.settings.checkpoint}: the checkpoint names no tokenizer")
-        self.tokenizer = get_tokenizer(meta.tokenizer)
+        self.meta = meta
+        self.tokenizer = checkpoint_tokenizer(meta)
         self.model_name = self.settings.model_name or storage.name_of(self.settings.checkpoint)
         self.engine = GenerationEngine(
-            self.model, self.tokenizer, self.settings.max_slots, self.settings.max_queue
+            self.model,
+            self.tokenizer,
+            self.settings.max_slots,
+            self.settings.max_queue,
+            self.settings.max_context,
         )
         self._warm_up()
         self.engine.start()
@@ -121,12 +125,21 @@ class Generator:
             "model": self.model_name,
             "checkpoint": self.settings.checkpoint,
             "tokenizer": self.tokenizer.name,
-            "context_window": config.block_size,
+            "context_window": self.engine.block_size,
             "vocab_size": config.vocab_size,
             "parameters": self.model.num_params(),
             "quantization": getattr(self.model, "quantization", None),
             "device": str(self.device),
             "max_slots": self.settings.max_slots,
+        }
+
+    def vocabulary(self) -> dict[str, Any]:
+        """What the ingress needs to tokenize prompts exactly as the model was trained."""
+        meta = self.meta
+        return {
+            "kind": meta.tokenizer,
+            "tokenizer_json": meta.tokenizer_json,
+            "special_tokens": meta.special_tokens,
         }
 
     def stats(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 
 from raygpt.errors import ConfigError, RequestError
 from raygpt.inference.engine import UNAVAILABLE, GenerationRequest
-from raygpt.tokenizer import get_tokenizer
+from raygpt.inference.load import load_tokenizer
 from serve_apps.api import (
     CompleteRequest,
     CompleteResponse,
@@ -84,7 +84,10 @@ class Ingress:
         # Waits for a generator replica: the ingress is ready when the model is.
         self.info = await generator.info.remote()
         self.model_name = self.info["model"]
-        self.tokenizer = get_tokenizer(self.info["tokenizer"])
+        vocabulary = await generator.vocabulary.remote()
+        self.tokenizer = load_tokenizer(
+            vocabulary["kind"], vocabulary["tokenizer_json"], vocabulary["special_tokens"]
+        )
         self.created = int(time.time())
         self.metrics = IngressMetrics(self.model_name)
 

@@ -35,6 +35,9 @@ class ServeSettings(BaseModel):
     # Continuous batching: KV-cache slots per replica, requests waiting beyond them.
     max_slots: int = Field(32, ge=1)
     max_queue: int = Field(256, ge=1)
+    # The context window served (prompt + completion), at most the model's: the KV cache holds
+    # max_slots x max_context tokens (SmolLM2: 1.5 GB at 32 x 1024; its full 8192 would be 12).
+    max_context: int = Field(1024, ge=2)
     # Backpressure: requests a caller (a proxy, an ingress replica) queues for a deployment
     # beyond what its replicas hold; past it the answer is 429 with Retry-After, at once.
     max_queued_requests: int = Field(64, ge=1)

@@ -63,13 +63,26 @@ def assert_same_weights(a, b, atol):
         assert torch.allclose(a[name], b[name], atol=atol, rtol=0), name
 
 
+MODERN = {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 1}
+
+
+@pytest.mark.parametrize("block", [{}, {**MODERN, "tie_embeddings": False}], ids=["gpt2", "modern"])
 def test_two_ddp_workers_equal_one_worker_with_double_accumulation(
-    ray_session, byte_shards, tmp_path
+    ray_session, byte_shards, tmp_path, block
 ):
-    one = train(experiment(byte_shards, tmp_path / "one", train={"gradient_accumulation_steps": 2}))
-    two = train(experiment(byte_shards, tmp_path / "two", scaling={"num_workers": 2}))
+    one = train(
+        experiment(
+            byte_shards, tmp_path / "one", model=block, train={"gradient_accumulation_steps": 2}
+        )
+    )
+    two = train(experiment(byte_shards, tmp_path / "two", model=block, scaling={"num_workers": 2}))
     fsdp = train(
-        experiment(byte_shards, tmp_path / "fsdp", scaling={"num_workers": 2, "strategy": "fsdp"})
+        experiment(
+            byte_shards,
+            tmp_path / "fsdp",
+            model=block,
+            scaling={"num_workers": 2, "strategy": "fsdp"},
+        )
     )
     w1, _ = weights(one.final_model)
     w2, meta = weights(two.final_model)

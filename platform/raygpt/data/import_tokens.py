@@ -24,6 +24,7 @@ from raygpt.data.shards import (
     read_nanogpt_bin,
     token_dtype,
     write_manifest,
+    write_tokenizer,
 )
 from raygpt.errors import RaygptError
 from raygpt.tokenizer import get_tokenizer
@@ -103,5 +104,6 @@ def _import(
             files_read=sum(len(paths) for paths in by_split.values()),
             extra={"imported_from": kind, "rows": f"chunks of {IMPORT_CHUNK_TOKENS} tokens"},
         )
+        write_tokenizer(root, tokenizer)
         write_manifest(root, manifest)
     return manifest

@@ -37,6 +37,7 @@ from raygpt.data.shards import (
     ShardWriter,
     token_dtype,
     write_manifest,
+    write_tokenizer,
 )
 from raygpt.errors import RaygptError
 from raygpt.ray_runtime import cluster_cpus
@@ -244,6 +245,7 @@ def prepare_dataset(options: PrepareOptions, inputs: CorpusInputs | None = None)
                 "bytes_read": bytes_read,
             },
         )
+        write_tokenizer(out, tokenizer)
         write_manifest(out, manifest)
     return PrepareResult(
         manifest=manifest, out_dir=options.out_dir, seconds=seconds, bytes_read=bytes_read

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from raygpt import storage
 from raygpt.errors import RaygptError
+from raygpt.tokenizer import TOKENIZER_FILE, is_own_vocabulary, tokenizer_name
 
 MANIFEST = "manifest.json"
 FORMAT = "raygpt-shards"
@@ -37,8 +38,8 @@ IMPORT_CHUNK_TOKENS = 1 << 16
 
 def dataset_dir(dataset: str, tokenizer: str) -> str:
     """A config's `data.dataset` as a location (a folder or a URI such as s3://bucket/data):
-    'stdlib' is prepared into data/stdlib_<tokenizer>."""
-    return f"data/stdlib_{tokenizer}" if dataset == "stdlib" else dataset
+    'stdlib' is prepared into data/stdlib_<tokenizer name>."""
+    return f"data/stdlib_{tokenizer_name(tokenizer)}" if dataset == "stdlib" else dataset
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -87,6 +88,24 @@ class Manifest:
     def shard_paths(self, root: str | Path, split: str) -> list[str]:
         """Paths, or URIs when the dataset is at one (Ray Data and pyarrow read both)."""
         return [storage.join(root, shard["file"]) for shard in self.splits[split].shards]
+
+
+def write_tokenizer(root: Path, tokenizer) -> None:
+    """A dataset made with a model's own vocabulary keeps its tokenizer.json beside the shards:
+    training reads it from there, and every checkpoint carries it on."""
+    if is_own_vocabulary(tokenizer.name):
+        (root / TOKENIZER_FILE).write_text(tokenizer.tokenizer_json)
+
+
+def read_tokenizer_json(root: str | Path, manifest: Manifest) -> str | None:
+    if not is_own_vocabulary(manifest.tokenizer):
+        return None
+    try:
+        return storage.read_text(storage.join(root, TOKENIZER_FILE))
+    except FileNotFoundError:
+        raise RaygptError(
+            f"{root}: {TOKENIZER_FILE} is missing (the shards are {manifest.tokenizer})"
+        ) from None
 
 
 def write_manifest(root: Path, manifest: Manifest) -> Path:

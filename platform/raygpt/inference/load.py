@@ -1,4 +1,5 @@
-"""A checkpoint made ready to generate with: laid out for decoding, or quantized for serving."""
+"""A checkpoint made ready to generate with: laid out for decoding, or quantized for serving,
+and the tokenizer it was trained with."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from pathlib import Path
 import torch
 
 from raygpt.checkpoint import CheckpointMeta, load_model
+from raygpt.errors import TokenizerError
 from raygpt.model import GPT
 from raygpt.model.int8 import is_quantized, quantize_model
+from raygpt.tokenizer import BPETokenizer, Tokenizer, get_tokenizer
 
 
 def load_for_inference(
@@ -37,3 +40,21 @@ def load_for_serving(
     if not is_quantized(model):
         model = model.to(dtype)
     return model, meta
+
+
+def load_tokenizer(
+    kind: str | None, tokenizer_json: str | None = None, special_tokens: dict | None = None
+) -> Tokenizer:
+    """A checkpoint's tokenizer from its metadata (CheckpointMeta's tokenizer, tokenizer_json
+    and special_tokens): a built-in one by name, or its own vocabulary."""
+    if kind == "bpe":
+        if not tokenizer_json:
+            raise TokenizerError("the checkpoint's tokenizer.json is missing")
+        return BPETokenizer(tokenizer_json, special_tokens)
+    if kind is None:
+        raise TokenizerError("the checkpoint names no tokenizer: pass one")
+    return get_tokenizer(kind)
+
+
+def checkpoint_tokenizer(meta: CheckpointMeta) -> Tokenizer:
+    return load_tokenizer(meta.tokenizer, meta.tokenizer_json, meta.special_tokens)

@@ -24,9 +24,17 @@ from raygpt import storage
 from raygpt.checkpoint import checkpoint_format, read_meta, read_model_config
 from raygpt.config import ExperimentConfig
 from raygpt.data.corpus import STDLIB
-from raygpt.data.shards import MANIFEST, Manifest, dataset_dir, read_manifest, verify_shards
+from raygpt.data.shards import (
+    MANIFEST,
+    Manifest,
+    dataset_dir,
+    read_manifest,
+    read_tokenizer_json,
+    verify_shards,
+)
 from raygpt.data.stream import window_dataset
-from raygpt.errors import CheckpointError, ConfigError, RaygptError
+from raygpt.errors import CheckpointError, ConfigError, RaygptError, TokenizerError
+from raygpt.tokenizer import is_own_vocabulary, tokenizer_name
 from raygpt.train.loop import FAILURE_ENV, train_loop_per_worker
 from raygpt.train.run_log import LOSS_PLOT, METRICS_FILE, plot_losses, read_metrics
 
@@ -81,10 +89,10 @@ def check_data(plan: TrainingPlan) -> None:
     if plan.resuming:
         check_same_data_order(plan, manifest)
     config = plan.config
-    if manifest.tokenizer != config.data.tokenizer:
+    if manifest.tokenizer != (wanted := _tokenizer_name(config.data.tokenizer)):
         raise ConfigError(
-            f"data.tokenizer is '{config.data.tokenizer}' but {plan.data_dir} was tokenized "
-            f"with '{manifest.tokenizer}'"
+            f"data.tokenizer is '{config.data.tokenizer}' ({wanted}) but {plan.data_dir} was "
+            f"tokenized with '{manifest.tokenizer}'"
         )
     if plan.init_weights is None and not plan.resuming:
         # From scratch the data decides the vocabulary (nanoGPT's meta_vocab_size).
@@ -186,7 +194,8 @@ def run_training(plan: TrainingPlan, callbacks: Sequence[Any] = ()) -> TrainingR
         train_loop_config={
             "experiment": config.to_dict(),
             "run_dir": plan.run_dir,
-            "tokenizer": plan.manifest.tokenizer,
+            "tokenizer": recorded_tokenizer(plan.manifest.tokenizer),
+            "tokenizer_json": read_tokenizer_json(plan.data_dir, plan.manifest),
             "init_weights": plan.init_weights,
         },
         scaling_config=ray.train.ScalingConfig(
@@ -254,6 +263,18 @@ def summary(result: TrainingResult) -> str:
             f"{result.final_model} --prompt 'def fibonacci(n):'",
         ]
     )
+
+
+def recorded_tokenizer(name: str) -> str:
+    """What a run's checkpoints record: the built-in name, or 'bpe' with tokenizer.json."""
+    return "bpe" if is_own_vocabulary(name) else name
+
+
+def _tokenizer_name(spec: str) -> str:
+    try:
+        return tokenizer_name(spec)
+    except TokenizerError as err:
+        raise ConfigError(f"data.tokenizer: {err}") from None
 
 
 def _adopt_pretrained_config(config: ExperimentConfig, path: str) -> ExperimentConfig:

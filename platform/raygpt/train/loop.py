@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from raygpt import storage
-from raygpt.checkpoint import META_FILE, load_model, save_checkpoint
+from raygpt.checkpoint import META_FILE, CheckpointMeta, load_model, read_meta, save_checkpoint
 from raygpt.config import ExperimentConfig, experiment_from_dict
 from raygpt.device import cpu_threads
 from raygpt.errors import CheckpointError
@@ -88,7 +88,14 @@ class WorkerRun:
         self.run_dir = loop_config["run_dir"]  # a folder or a URI (raygpt.storage)
         self.strategy = scaling.strategy
 
-        self.model = build_model(self.config, loop_config.get("init_weights"), self.device)
+        self.model, pretrained = build_model(
+            self.config, loop_config.get("init_weights"), self.device
+        )
+        self.vocabulary = {
+            "tokenizer": loop_config["tokenizer"],
+            "tokenizer_json": loop_config.get("tokenizer_json"),
+            **_inherited(pretrained),
+        }
         set_activation_checkpointing(self.model, self.train_config.activation_checkpointing)
         self.precision = choose_precision(self.train_config.dtype, self.device)
         self.wrapped, self.no_sync = wrap_model(self.model, self.strategy, self.device, self.world)
@@ -164,6 +171,7 @@ class WorkerRun:
         latest_name = storage.name_of(latest.path)
         with latest.as_directory() as directory:
             try:
+                self.vocabulary.update(_inherited(read_meta(directory)))
                 state = restore_training_checkpoint(Path(directory), self.wrapped, self.optimizer)
                 state.history.append(
                     {"resumed_at": state.step, "world_size": self.world, "from": latest_name}
@@ -355,10 +363,7 @@ class WorkerRun:
 
     def _meta(self):
         return checkpoint_meta(
-            self.config.model,
-            self.loop_config["tokenizer"],
-            self.loop_config["experiment"],
-            self.state,
+            self.config.model, self.vocabulary, self.loop_config["experiment"], self.state
         )
 
     # -- export ----------------------------------------------------------------------------
@@ -416,13 +421,15 @@ def _step_of(checkpoint_name: str) -> int:
     return int(checkpoint_name.split("_")[1].split(".")[0])  # step_000042 or step_000042.redo1
 
 
-def build_model(config: ExperimentConfig, init_weights: str | None, device: torch.device) -> GPT:
-    """A fresh GPT, or pretrained weights (HF GPT-2, nanoGPT, raygpt) with this run's dropout
-    and block size."""
+def build_model(
+    config: ExperimentConfig, init_weights: str | None, device: torch.device
+) -> tuple[GPT, CheckpointMeta | None]:
+    """A fresh GPT, or pretrained weights (any format load_model reads) with this run's dropout
+    and block size, and their metadata."""
     if init_weights is None:
         torch.manual_seed(config.train.seed)  # identical initial weights on every rank
-        return GPT(config.model).to(device)
-    model, _ = load_model(init_weights, device)
+        return GPT(config.model).to(device), None
+    model, meta = load_model(init_weights, device)
     if config.model.block_size < model.config.block_size:
         model.crop_block_size(config.model.block_size)
     model.config.dropout = config.model.dropout
@@ -431,7 +438,14 @@ def build_model(config: ExperimentConfig, init_weights: str | None, device: torc
             module.p = config.model.dropout
     for block in model.transformer.h:
         block.attn.dropout = config.model.dropout
-    return model
+    return model, meta
+
+
+def _inherited(meta: CheckpointMeta | None) -> dict[str, Any]:
+    """What a run keeps of its pretrained model's (or resumed checkpoint's) metadata."""
+    if meta is None:
+        return {}
+    return {"special_tokens": meta.special_tokens, "chat_template": meta.chat_template}
 
 
 def wrap_model(model: GPT, strategy: str, device: torch.device, world: int):

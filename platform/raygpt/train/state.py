@@ -55,15 +55,17 @@ def gather_full_state(
 
 
 def checkpoint_meta(
-    model: ModelConfig, tokenizer: str, experiment: dict[str, Any], state: TrainState
+    model: ModelConfig, vocabulary: dict[str, Any], experiment: dict[str, Any], state: TrainState
 ) -> CheckpointMeta:
-    """The metadata of every checkpoint a run writes: its training checkpoints and final/."""
+    """The metadata of every checkpoint a run writes: its training checkpoints and final/.
+    `vocabulary`: tokenizer (and tokenizer_json), special_tokens, chat_template: the dataset's
+    tokenizer and what the pretrained model brought (a fine-tuned chat model stays one)."""
     return CheckpointMeta(
         model=model,
-        tokenizer=tokenizer,
         step=state.step,
         train=experiment,
         extra={"best_val_loss": state.best_val_loss},
+        **vocabulary,
     )
 
 
