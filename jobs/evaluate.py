@@ -11,12 +11,12 @@ from __future__ import annotations
 from raygpt import storage
 from raygpt.checkpoint import load_model
 from raygpt.cli import JobParser, run_cli
+from raygpt.data.shards import val_windows
 from raygpt.errors import RaygptError
 from raygpt.release.evaluation import (
     comparison_table,
     evaluate_checkpoint,
     training_dataset,
-    val_windows,
     write_report,
 )
 

@@ -144,8 +144,8 @@ def byte_shards(ray_session, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def trained_tiny(ray_session, byte_shards, tmp_path_factory):
-    """A small byte-level GPT trained for real on stdlib code (quantization and serving use it)."""
+def tiny_run(ray_session, byte_shards, tmp_path_factory):
+    """A small byte-level GPT trained for real on stdlib code: the run's result."""
     from raygpt.config import experiment_from_dict
     from raygpt.train.launch import plan_training, run_training
 
@@ -161,7 +161,7 @@ def trained_tiny(ray_session, byte_shards, tmp_path_factory):
                 "learning_rate": 3e-3,
                 "min_lr": 3e-4,
                 "warmup_iters": 10,
-                "eval_interval": 150,
+                "eval_interval": 50,
                 "eval_iters": 4,
                 "log_interval": 50,
                 "dtype": "float32",
@@ -169,4 +169,10 @@ def trained_tiny(ray_session, byte_shards, tmp_path_factory):
             "scaling": {"num_workers": 1, "cpus_per_worker": 1},
         }
     )
-    return Path(run_training(plan_training(config)).final_model)
+    return run_training(plan_training(config))
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tiny_run) -> Path:
+    """Its final model (quantization and serving use it)."""
+    return Path(tiny_run.final_model)

@@ -160,7 +160,7 @@ def train_plan(dataset, out_dir):
 
 
 def test_a_changed_shard_fails_before_training_or_evaluation(tmp_path):
-    from raygpt.release.evaluation import val_windows
+    from raygpt.data.shards import val_windows
 
     docs = {"train": [list(range(200))] * 3, "val": [list(range(100))] * 2}
     small_dataset(tmp_path / "data", docs)

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from raygpt.checkpoint import load_model, save_checkpoint
+from raygpt.data.shards import val_windows
 from raygpt.errors import CheckpointError
 from raygpt.model.int8 import Int8Linear, quantize_model
-from raygpt.release.evaluation import mean_loss, val_windows
+from raygpt.release.evaluation import mean_loss
 
 from .conftest import run_job
 

@@ -38,7 +38,7 @@ def service(ray_session, trained_tiny, tmp_path_factory):
 
     long_context = tmp_path_factory.mktemp("long_context")
     torch.manual_seed(0)
-    config = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=2048, vocab_size=257)
+    config = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=4096, vocab_size=257)
     save_checkpoint(long_context, GPT(config), CheckpointMeta(model=config, tokenizer="byte"))
 
     serve.start(http_options={"host": "127.0.0.1", "port": 8000})
@@ -50,8 +50,12 @@ def service(ray_session, trained_tiny, tmp_path_factory):
         **LIMITS,
     )
     serve.run(build_app({**main, "api_key_env": API_KEY_ENV}), name="raygpt", route_prefix="/")
-    long = dict(
-        checkpoint=str(long_context), quantize="none", max_tokens_limit=2000, request_timeout_s=1.5
+    long = dict(  # a generation that outlasts its 1.5 s timeout, even on a quiet machine
+        checkpoint=str(long_context),
+        quantize="none",
+        max_context=4096,
+        max_tokens_limit=4000,
+        request_timeout_s=1.5,
     )
     serve.run(build_app({**long, "api_key_env": "RAYGPT_UNSET"}), name="long", route_prefix="/long")
     client = httpx.Client(
@@ -242,7 +246,7 @@ def test_a_client_that_hangs_up_frees_its_slot(service):
         return service.get("/long/health").json()["engine"]
 
     before = engine()["requests_cancelled"]
-    body = {"prompt": "a", "max_tokens": 2000, "temperature": 0, "stream": True}
+    body = {"prompt": "a", "max_tokens": 4000, "temperature": 0, "ignore_eos": True, "stream": True}
     with service.stream("POST", "/long/v1/completions", json=body) as response:
         lines = (line for line in response.iter_lines() if line)
         received = [next(lines) for _ in range(3)]
@@ -254,7 +258,7 @@ def test_a_client_that_hangs_up_frees_its_slot(service):
             break
         time.sleep(0.2)
     assert (state["active"], state["requests_cancelled"]) == (0, before + 1)
-    assert state["tokens_generated"] < 2000  # run to its end, it alone would make 2000
+    assert state["tokens_generated"] < 4000  # run to its end, it alone would make 4000
     assert complete(service, "a", max_tokens=3)["usage"]["completion_tokens"] == 3
 
 
@@ -422,7 +426,7 @@ def long_engine(service) -> dict:
 def test_a_timed_out_request_stops_generating(service):
     """After a 504 the generation used to run on to max_tokens, holding its slot."""
     cancelled = long_engine(service)["requests_cancelled"]
-    body = {"prompt": "a", "max_tokens": 2000, "temperature": 0}
+    body = {"prompt": "a", "max_tokens": 4000, "temperature": 0, "ignore_eos": True}
     response = service.post("/long/v1/completions", json=body)
     assert response.status_code == 504 and "request_timeout_s=1.5" in response.text
     deadline = time.monotonic() + 30
@@ -437,7 +441,7 @@ def test_a_timed_out_request_stops_generating(service):
 def test_a_stream_whose_replica_dies_ends_with_an_error_event(service):
     import ray
 
-    body = {"prompt": "a", "max_tokens": 2000, "temperature": 0, "stream": True}
+    body = {"prompt": "a", "max_tokens": 4000, "temperature": 0, "ignore_eos": True, "stream": True}
     with service.stream("POST", "/long/v1/completions", json=body, timeout=60) as response:
         lines = (line for line in response.iter_lines() if line)
         first = [next(lines) for _ in range(2)]

@@ -247,6 +247,27 @@ def cut_windows(tokens: np.ndarray, block_size: int) -> np.ndarray:
     return tokens[starts[:, None] + np.arange(block_size + 1)]
 
 
+def val_windows(data_dir: str | Path, block_size: int, count: int) -> np.ndarray:
+    """The first `count` windows of the val split's token stream, read straight from the
+    shards: training's evaluations, the evaluate job and the INT8 gate all use these."""
+    manifest = read_manifest(data_dir)
+    verify_shards(data_dir, manifest, ("val",))
+    needed = count * block_size + 1
+    pieces, have = [], 0
+    for path in manifest.shard_paths(data_dir, "val"):
+        tokens = pq.read_table(path).column("tokens").combine_chunks().values.to_numpy()
+        pieces.append(tokens)
+        have += len(tokens)
+        if have >= needed:
+            break
+    if not pieces:
+        raise RaygptError(f"{data_dir} has no val shards to evaluate on")
+    windows = cut_windows(np.concatenate(pieces), block_size)[:count]
+    if len(windows) == 0:
+        raise RaygptError(f"{data_dir}: the val split is shorter than one window of {block_size}")
+    return windows
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -16,12 +16,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from raygpt import storage
 from raygpt.checkpoint import read_meta
-from raygpt.data.shards import cut_windows, dataset_dir, read_manifest, verify_shards
+from raygpt.data.shards import dataset_dir
 from raygpt.errors import RaygptError
 from raygpt.inference.load import load_for_inference
 
@@ -45,26 +44,6 @@ def training_dataset(checkpoint: str) -> str:
         return dataset_dir(experiment["data"]["dataset"], experiment["data"]["tokenizer"])
     except (KeyError, TypeError, RaygptError):
         raise RaygptError(f"{checkpoint} does not record its dataset: pass --data") from None
-
-
-def val_windows(data_dir: str | Path, block_size: int, count: int) -> np.ndarray:
-    """The first `count` windows of the val split's token stream."""
-    manifest = read_manifest(data_dir)
-    verify_shards(data_dir, manifest, ("val",))
-    needed = count * block_size + 1
-    pieces, have = [], 0
-    for path in manifest.shard_paths(data_dir, "val"):
-        tokens = pq.read_table(path).column("tokens").combine_chunks().values.to_numpy()
-        pieces.append(tokens)
-        have += len(tokens)
-        if have >= needed:
-            break
-    if not pieces:
-        raise RaygptError(f"{data_dir} has no val shards to evaluate on")
-    windows = cut_windows(np.concatenate(pieces), block_size)[:count]
-    if len(windows) == 0:
-        raise RaygptError(f"{data_dir}: the val split is shorter than one window of {block_size}")
-    return windows
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from raygpt import storage
 from raygpt.checkpoint import META_FILE, load_model, save_checkpoint
+from raygpt.data.shards import val_windows
 from raygpt.errors import CheckpointError, RaygptError
 from raygpt.model.int8 import WEIGHT_ONLY, quantize_model
 from raygpt.release.evaluation import (
@@ -19,7 +20,6 @@ from raygpt.release.evaluation import (
     evaluate_checkpoint,
     relative_change,
     training_dataset,
-    val_windows,
     write_report,
 )
 

@@ -66,23 +66,19 @@ def rank_steps(
             group = []
 
 
-def fixed_batches(
-    iterator, batch_size: int, count: int, rank: int, world_size: int
+def eval_batches(
+    windows: np.ndarray, batch_size: int, rank: int, world_size: int
 ) -> list[np.ndarray]:
-    """The first `count` batches of an unshuffled stream, strided across ranks (for eval).
+    """The val windows cut into batches, strided across ranks.
 
-    Every rank gets the same number (FSDP's forward is a collective): `count` rounded down
-    to a multiple of world_size, or fewer if the stream is shorter.
+    Every rank gets the same number (FSDP's forward is a collective): the batches rounded down
+    to a multiple of world_size.
     """
-    first = []
-    for windows in epoch_windows(iterator, batch_size, seed=0, shuffle_buffer=0):
-        if len(first) == count:
-            break
-        first.append(windows)
-    usable = len(first) // world_size * world_size
+    batches = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
+    usable = len(batches) // world_size * world_size
     if usable == 0:
         raise ValueError(
-            f"the val split yields {len(first)} batches of {batch_size}: fewer than the "
+            f"the val split yields {len(batches)} batches of {batch_size}: fewer than the "
             f"{world_size} workers need (one each); lower train.batch_size"
         )
-    return first[rank:usable:world_size]
+    return batches[rank:usable:world_size]

@@ -181,10 +181,7 @@ def run_training(plan: TrainingPlan, callbacks: Sequence[Any] = ()) -> TrainingR
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False  # the training progress line is the one to watch
     block = config.model.block_size
-    datasets = {
-        "train": window_dataset(plan.data_dir, "train", block, shuffle_seed=train.seed),
-        "val": window_dataset(plan.data_dir, "val", block),
-    }
+    datasets = {"train": window_dataset(plan.data_dir, "train", block, shuffle_seed=train.seed)}
     resources = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
         resources["GPU"] = scaling.gpus_per_worker
@@ -194,6 +191,7 @@ def run_training(plan: TrainingPlan, callbacks: Sequence[Any] = ()) -> TrainingR
         train_loop_config={
             "experiment": config.to_dict(),
             "run_dir": plan.run_dir,
+            "data_dir": plan.data_dir,  # each worker reads the val windows itself
             "tokenizer": recorded_tokenizer(plan.manifest.tokenizer),
             "tokenizer_json": read_tokenizer_json(plan.data_dir, plan.manifest),
             "init_weights": plan.init_weights,

@@ -26,10 +26,11 @@ import torch.distributed as dist
 from raygpt import storage
 from raygpt.checkpoint import META_FILE, CheckpointMeta, load_model, read_meta, save_checkpoint
 from raygpt.config import ExperimentConfig, experiment_from_dict
+from raygpt.data.shards import val_windows
 from raygpt.device import cpu_threads
 from raygpt.errors import CheckpointError
 from raygpt.model import GPT
-from raygpt.train.batches import epoch_windows, fixed_batches, rank_steps, to_xy
+from raygpt.train.batches import epoch_windows, eval_batches, rank_steps, to_xy
 from raygpt.train.metrics import TrainMetrics
 from raygpt.train.run_log import append_metrics
 from raygpt.train.state import (
@@ -156,9 +157,17 @@ class WorkerRun:
 
         train = self.train_config
         self.train_data = ray.train.get_dataset_shard("train")
-        val = ray.train.get_dataset_shard("val")
-        val_windows = fixed_batches(val, train.batch_size, train.eval_iters, self.rank, self.world)
-        self.val_batches = [to_xy(w, self.device) for w in val_windows]
+        # The val split's first windows, read from the shards: a few MB, the same windows the
+        # evaluate job and the INT8 gate score, and no second Ray Data pipeline to start.
+        windows = val_windows(
+            self.loop_config["data_dir"],
+            self.config.model.block_size,
+            train.eval_iters * train.batch_size,
+        )
+        self.val_batches = [
+            to_xy(b, self.device)
+            for b in eval_batches(windows, train.batch_size, self.rank, self.world)
+        ]
         self.metrics = (
             TrainMetrics(storage.name_of(self.run_dir), self.state.tokens_seen)
             if self.lead
