@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from raygpt.cli import JobParser
 from raygpt.config import ModelConfig, TrainConfig
-from raygpt.data.shards import cut_windows, read_manifest
+from raygpt.data.shards import cut_windows, split_tokens
 from raygpt.model import GPT
 from raygpt.release.evaluation import mean_loss
 from raygpt.train.step import choose_precision, configure_optimizer, learning_rate, train_step
@@ -35,16 +34,6 @@ def modern_width(config: ModelConfig, kv_heads: int) -> int:
     d = config.n_embd
     attention = 2 * d * d + 2 * d * kv_heads * config.head_dim
     return (12 * d * d - attention) // (3 * d)
-
-
-def tokens(data: Path, split: str) -> np.ndarray:
-    manifest = read_manifest(data)
-    return np.concatenate(
-        [
-            pq.read_table(p).column("tokens").combine_chunks().values.to_numpy()
-            for p in manifest.shard_paths(data, split)
-        ]
-    )
 
 
 def run(config: ModelConfig, train: TrainConfig, windows, val, steps: int, seed: int):
@@ -89,8 +78,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     data = Path(args.data)
-    windows = cut_windows(tokens(data, "train"), args.block_size)
-    val = cut_windows(tokens(data, "val"), args.block_size)[: args.val_windows]
+    windows = cut_windows(split_tokens(data, "train"), args.block_size)
+    val = cut_windows(split_tokens(data, "val"), args.block_size)[: args.val_windows]
     gpt2 = ModelConfig(
         n_layer=args.n_layer,
         n_head=args.n_head,

@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from raygpt.cli import JobParser
 from raygpt.config import experiment_from_dict
-from raygpt.data.shards import cut_windows, read_manifest
+from raygpt.data.shards import cut_windows, read_manifest, split_tokens
 from raygpt.model import GPT
 from raygpt.train.run_log import read_metrics
 from raygpt.train.step import (
@@ -46,14 +45,7 @@ PRESETS = {
 
 def bare_loop(config, data_dir: Path, steps: int, device: torch.device) -> list[float]:
     train = config.train
-    manifest = read_manifest(data_dir)
-    stream = np.concatenate(
-        [
-            pq.read_table(p).column("tokens").combine_chunks().values.to_numpy()
-            for p in manifest.shard_paths(data_dir, "train")
-        ]
-    )
-    windows = cut_windows(stream, config.model.block_size)
+    windows = cut_windows(split_tokens(data_dir, "train"), config.model.block_size)
     torch.manual_seed(train.seed)
     model = GPT(config.model).to(device)
     precision = choose_precision(train.dtype, device)

@@ -247,6 +247,17 @@ def cut_windows(tokens: np.ndarray, block_size: int) -> np.ndarray:
     return tokens[starts[:, None] + np.arange(block_size + 1)]
 
 
+def shard_tokens(path: str) -> np.ndarray:
+    """One shard's documents as one token stream (their end-of-text tokens between them)."""
+    return pq.read_table(path).column("tokens").combine_chunks().values.to_numpy()
+
+
+def split_tokens(data_dir: str | Path, split: str) -> np.ndarray:
+    """A whole split's token stream, in memory (benchmarks on small corpora)."""
+    manifest = read_manifest(data_dir)
+    return np.concatenate([shard_tokens(p) for p in manifest.shard_paths(data_dir, split)])
+
+
 def val_windows(data_dir: str | Path, block_size: int, count: int) -> np.ndarray:
     """The first `count` windows of the val split's token stream, read straight from the
     shards: training's evaluations, the evaluate job and the INT8 gate all use these."""
@@ -255,7 +266,7 @@ def val_windows(data_dir: str | Path, block_size: int, count: int) -> np.ndarray
     needed = count * block_size + 1
     pieces, have = [], 0
     for path in manifest.shard_paths(data_dir, "val"):
-        tokens = pq.read_table(path).column("tokens").combine_chunks().values.to_numpy()
+        tokens = shard_tokens(path)
         pieces.append(tokens)
         have += len(tokens)
         if have >= needed:
