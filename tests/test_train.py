@@ -126,10 +126,15 @@ def test_resume_continues_exactly_past_an_unreadable_checkpoint(ray_session, byt
             ), (name, slot)
 
 
-def test_a_diverging_run_stops_with_the_step_and_writes_no_nan(ray_session, byte_shards, tmp_path):
+def test_a_diverging_run_stops_with_the_step_and_writes_no_nan(
+    ray_session, byte_shards, tmp_path, monkeypatch
+):
     every_step = {"checkpoint_interval": 1, "eval_interval": 1, "log_interval": 1}
     exploding = {"learning_rate": 1e30, "min_lr": 0.0, "warmup_iters": 0, "grad_clip": 0.0}
-    config = experiment(byte_shards, tmp_path / "run", train={**every_step, **exploding})
+    # The dataset named relative to the driver's working directory, as `make demo` names
+    # data/stdlib_byte: Train workers run elsewhere and must still find it.
+    monkeypatch.chdir(byte_shards.parent)
+    config = experiment(byte_shards.name, tmp_path / "run", train={**every_step, **exploding})
     with pytest.raises(RaygptError, match=r"is nan at step \d: training diverged") as raised:
         train(config)
     assert "last good checkpoint" in str(raised.value) or "no checkpoint" in str(raised.value)

@@ -38,8 +38,10 @@ IMPORT_CHUNK_TOKENS = 1 << 16
 
 def dataset_dir(dataset: str, tokenizer: str) -> str:
     """A config's `data.dataset` as a location (a folder or a URI such as s3://bucket/data):
-    'stdlib' is prepared into data/stdlib_<tokenizer name>."""
-    return f"data/stdlib_{tokenizer_name(tokenizer)}" if dataset == "stdlib" else dataset
+    'stdlib' is prepared into data/stdlib_<tokenizer name>. Absolute, because Ray Train
+    workers and Tune trials do not run in the driver's working directory."""
+    location = f"data/stdlib_{tokenizer_name(tokenizer)}" if dataset == "stdlib" else dataset
+    return storage.absolute(location)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
