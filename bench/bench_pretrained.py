@@ -3,8 +3,9 @@ transformers' `generate` on the same weights, in one run, at batch 1 and batch 8
 INT8 model's val loss beside fp32's on stdlib code.
 
 Every decoder runs greedily from the same code prompt for the same number of new tokens
-(transformers with its KV cache, raygpt with its own); warm-up runs and compilation are
-excluded, the median of the repeats is reported.
+(transformers with its KV cache, raygpt with its own): raygpt's `generate`, and its
+continuous-batching engine as the service runs it (decode steps compiled). Warm-up runs and
+compilation are excluded, the median of the repeats is reported.
 
     python bench/bench_pretrained.py                       # CPU, the machine's threads
     python bench/bench_pretrained.py --device cuda --dtype bfloat16
@@ -25,6 +26,7 @@ from raygpt.checkpoint.pretrained import provision, source_file
 from raygpt.cli import JobParser
 from raygpt.data.corpus import resolve_inputs
 from raygpt.data.shards import cut_windows
+from raygpt.inference.engine import GenerationEngine, GenerationRequest
 from raygpt.inference.load import checkpoint_tokenizer, load_for_inference
 from raygpt.model.int8 import quantize_model
 from raygpt.release.evaluation import mean_loss
@@ -43,6 +45,34 @@ def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times), out
+
+
+def engine_decoder(model, tokenizer, new_tokens: int, compiled: bool = True):
+    """Decode every row of `ids` as its own request, all batched by one engine."""
+    engines: dict[int, GenerationEngine] = {}
+
+    def decode(ids: torch.Tensor) -> torch.Tensor:
+        batch = ids.shape[0]
+        engine = engines.setdefault(
+            batch, GenerationEngine(model, tokenizer, max_slots=batch, compile_decode=compiled)
+        )
+        tokens: dict[int, list[int]] = {row: [] for row in range(batch)}
+        done: set[int] = set()
+        for row, prompt in enumerate(ids.tolist()):
+            request = GenerationRequest(tuple(prompt), new_tokens, temperature=0, stop_at_eot=False)
+
+            def collect(update, row=row):
+                tokens[row].extend(update.token_ids)
+                if update.finish_reason:
+                    done.add(row)
+
+            engine.submit(request, collect)
+        while len(done) < batch:
+            engine.step()
+        new = torch.tensor([tokens[row] for row in range(batch)], device=ids.device)
+        return torch.cat([ids, new], dim=1)
+
+    return decode
 
 
 def main() -> None:
@@ -77,6 +107,8 @@ def main() -> None:
         ),
         f"raygpt ({args.dtype})": lambda ids: ours.generate(ids, args.new_tokens, temperature=0),
         "raygpt INT8": lambda ids: int8.generate(ids, args.new_tokens, temperature=0),
+        f"raygpt engine ({args.dtype}, compiled)": engine_decoder(ours, tokenizer, args.new_tokens),
+        "raygpt engine INT8 (compiled)": engine_decoder(int8, tokenizer, args.new_tokens),
     }
     batches = [int(b) for b in args.batches.split(",")]
     rates: dict[str, dict[int, float]] = {name: {} for name in decoders}
@@ -105,10 +137,12 @@ def main() -> None:
         same = torch.equal(outputs[name], outputs[reference])
         line += f"{rates[name][1] / rates[reference][1]:19.2f}x{'yes' if same else 'no':>13}"
         print(line)
-    print(
-        f"INT8 vs raygpt {args.dtype}: "
-        + ", ".join(f"b{b} {rates['raygpt INT8'][b] / rates[base][b]:.2f}x" for b in batches)
-    )
+    served = f"raygpt engine ({args.dtype}, compiled)", "raygpt engine INT8 (compiled)"
+    for label, (fp, q) in (("generate", (base, "raygpt INT8")), ("engine, as served", served)):
+        print(
+            f"INT8 vs raygpt {args.dtype} ({label}): "
+            + ", ".join(f"b{b} {rates[q][b] / rates[fp][b]:.2f}x" for b in batches)
+        )
 
     files = resolve_inputs(["stdlib"], include=["*/json/*.py", "*/email/*.py"]).files
     stream = np.concatenate([tokenizer.encode_array(Path(f).read_text()) for f in files])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -36,6 +37,8 @@ from raygpt.inference.engine import (
 from raygpt.inference.load import checkpoint_tokenizer, load_for_serving
 from serve_apps.metrics import ServingMetrics
 from serve_apps.settings import ServeSettings
+
+logger = logging.getLogger("ray.serve")
 
 HEALTH_POLL_S = 5.0  # a stream with no update for this long asks whether the engine is healthy
 
@@ -64,23 +67,33 @@ class Generator:
             self.settings.max_slots,
             self.settings.max_queue,
             self.settings.max_context,
+            compile_decode=self.settings.compile_decode,
         )
-        self._warm_up()
+        if not self._warm_up() and self.engine.compile_decode:
+            # torch.compile needs a C++ compiler on CPU: without one, decode eagerly
+            logger.warning("raygpt: compiled decode steps failed; decoding eagerly instead")
+            self.engine.compile_decode = False
+            self._warm_up()
         self.engine.start()
         self.metrics = ServingMetrics(self.model_name)
         self._stop_metrics = self.metrics.watch(self.engine.stats)
 
-    def _warm_up(self) -> None:
-        """Run a batch of one, then of two, before taking traffic: compiled kernels (INT8 on
-        CPU) build here instead of inside the first user's request."""
+    def _warm_up(self) -> bool:
+        """Run a batch of one, then of two, before taking traffic: the decode steps of both
+        shape families compile here instead of inside the first users' requests. Whether
+        every warm-up request finished cleanly."""
         done: list[GenerationUpdate] = []
-        for _ in range(2):
-            self.engine.submit(
-                GenerationRequest((self.tokenizer.eot_token,), 3, temperature=0),
-                lambda u: u.finish_reason and done.append(u),
-            )
-        while len(done) < 2:
-            self.engine.step()
+        for batch in (1, 2):
+            for _ in range(batch):
+                self.engine.submit(  # decodes whatever it samples: an end token ends nothing
+                    GenerationRequest(
+                        (self.tokenizer.eot_token,), 3, temperature=0, stop_at_eot=False
+                    ),
+                    lambda u: u.finish_reason and done.append(u),
+                )
+            while len(done) < {1: 1, 2: 3}[batch]:  # finished so far: 1, then 1 + 2
+                self.engine.step()
+        return all(u.error is None for u in done)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[dict[str, Any]]:
         """Stream a request's updates: dicts of GenerationUpdate's fields. The first token
@@ -140,6 +153,7 @@ class Generator:
             "kind": meta.tokenizer,
             "tokenizer_json": meta.tokenizer_json,
             "special_tokens": meta.special_tokens,
+            "chat_template": meta.chat_template,
         }
 
     def stats(self) -> dict[str, Any]:

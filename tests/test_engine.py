@@ -24,10 +24,10 @@ BYTES = get_tokenizer("byte")
 PROMPTS = ["def f(x):", "import os\n", "class A:\n    def", "x", "for i in range(10):\n  "]
 
 
-def byte_model(block_size: int = 64, seed: int = 0) -> GPT:
+def byte_model(block_size: int = 64, seed: int = 0, **block) -> GPT:
     torch.manual_seed(seed)
     config = ModelConfig(
-        n_layer=2, n_head=4, n_embd=64, block_size=block_size, vocab_size=257, bias=False
+        n_layer=2, n_head=4, n_embd=64, block_size=block_size, vocab_size=257, bias=False, **block
     )
     return GPT(config).eval()
 
@@ -73,15 +73,31 @@ def test_per_row_positions_match_one_row_at_a_time():
         torch.testing.assert_close(together[row], alone[row][0], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
-def test_batched_greedy_equals_each_request_alone(int8):
-    model = byte_model()
+MODERN = {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 2}
+
+
+@pytest.mark.parametrize(
+    ("block", "int8", "compiled"),
+    [
+        ({}, False, False),
+        ({}, True, False),
+        ({}, False, True),
+        ({}, True, True),
+        (MODERN, True, True),
+    ],
+    ids=["fp32", "int8", "fp32-compiled", "int8-compiled", "modern-int8-compiled"],
+)
+def test_batched_greedy_equals_each_request_alone(block, int8, compiled):
+    """Eager or compiled decode steps (compiled_block_forward), rows joining and leaving:
+    each request gets the tokens `generate` gives it alone."""
+    model = byte_model(**block)
     if int8:
         model = quantize_model(model)
     lengths = [12, 40, 3, 60, 25]
     requests = [greedy(p, n) for p, n in zip(PROMPTS, lengths, strict=True)]
     # Two slots for five requests: the rest queue and join as rows free up.
-    results = run_all(GenerationEngine(model, BYTES, max_slots=2), requests)
+    engine = GenerationEngine(model, BYTES, max_slots=2, compile_decode=compiled)
+    results = run_all(engine, requests)
     for request, updates in zip(requests, results, strict=True):
         expected = model.generate(torch.tensor([request.prompt]), request.max_tokens, temperature=0)
         expected = expected[0, len(request.prompt) :].tolist()

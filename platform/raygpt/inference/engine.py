@@ -148,12 +148,15 @@ class GenerationEngine:
         max_slots: int = 32,
         max_queue: int = 1024,
         max_context: int | None = None,
+        compile_decode: bool = False,
     ) -> None:
         """`max_context` caps the context window below the model's (SmolLM2's 8192 tokens in
-        32 slots would need a 12 GB cache): prompt and completion together fit in it."""
+        32 slots would need a 12 GB cache): prompt and completion together fit in it.
+        `compile_decode` runs the decode steps' blocks compiled (GPT.compile_decode)."""
         if max_slots < 1:
             raise ValueError(f"max_slots must be >= 1, got {max_slots}")
         self.model = model.eval()
+        self.compile_decode = compile_decode
         self.tokenizer = tokenizer
         self.max_slots = max_slots
         self.max_queue = max_queue
@@ -328,9 +331,15 @@ class GenerationEngine:
         active = self._slots
         n = len(active)
         last = torch.tensor([[s.tokens[-1]] for s in active], dtype=torch.long, device=self.device)
-        positions = torch.tensor([s.cached for s in active], dtype=torch.long, device=self.device)
+        cached = [s.cached for s in active]
+        positions = torch.tensor(cached, dtype=torch.long, device=self.device)
         logits = self._forward(
-            list(range(n)), last, cache=self.cache.rows(0, n), start_pos=positions
+            list(range(n)),
+            last,
+            cache=self.cache.rows(0, n),
+            start_pos=positions,
+            attend_to=max(cached) + 1,  # known here: the step needs no host sync for it
+            compiled=self.compile_decode,
         )
         if logits is None:
             return

@@ -18,6 +18,7 @@ matmul; the HF converters split and join them.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 
@@ -37,14 +38,27 @@ Rotation = tuple[torch.Tensor, torch.Tensor]  # cos and sin, broadcastable to (B
 class RowPositions:
     """Where each row's single new token goes when rows sit at different lengths (batched
     decode of independent sequences): row b writes cache position `positions[b]` and attends
-    to positions 0..positions[b] only, whatever stale values lie beyond in its cache row."""
+    to positions 0..positions[b] only, whatever stale values lie beyond in its cache row.
 
-    def __init__(self, positions: torch.Tensor) -> None:
+    Every row reads the first `end` cache positions (masked per row). A caller that knows the
+    longest row on the host (the engine does) passes `end`, so a step has no host sync;
+    otherwise it is read off the positions, one sync per step, not one per layer."""
+
+    def __init__(self, positions: torch.Tensor, end: int | None = None) -> None:
         self.positions = positions
         self.rows = torch.arange(positions.numel(), device=positions.device)
-        self.end = int(positions.max()) + 1  # one host sync per step, not one per layer
+        self.end = int(positions.max()) + 1 if end is None else end
         keys = torch.arange(self.end, device=positions.device)
         self.mask = (keys <= positions[:, None])[:, None, None, :]  # (B, 1, 1, end)
+
+
+@functools.cache
+def compiled_block_forward():
+    """Block._forward compiled once for every block of every model: one graph per decode
+    shape family (dynamic batch and length), reused by all layers, as each layer's weights
+    are its inputs. Fusing a block's small ops (norms, RoPE, SwiGLU, the INT8 matvecs) removes
+    most of a CPU decode step's per-op overhead (bench/bench_pretrained.py)."""
+    return torch.compile(Block._forward, dynamic=True)
 
 
 def rope_tables(config: ModelConfig, device: torch.device | None = None) -> Rotation:
@@ -253,13 +267,18 @@ class GPT(nn.Module):
         cache: KVCache | None = None,
         start_pos: int | torch.Tensor = 0,
         last_logits_only: bool = False,
+        attend_to: int | None = None,
+        compiled: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits over the padded vocabulary, and the mean cross-entropy when targets are given.
 
         With a cache, `idx` holds positions start_pos.. of each sequence; their keys and values
         are written into the cache and attention reads everything before them from it. A
         tensor `start_pos` (one position per row, with `idx` of shape (B, 1)) decodes rows of
-        different lengths together: continuous batching. Targets of -1 are ignored.
+        different lengths together: continuous batching; every row then reads the first
+        `attend_to` cache positions (at least the longest row's, default: read off start_pos),
+        and `compiled` runs the blocks through compiled_block_forward (the first step of each
+        shape family compiles, seconds). Targets of -1 are ignored.
         """
         B, T = idx.shape
         if isinstance(start_pos, torch.Tensor):
@@ -267,7 +286,7 @@ class GPT(nn.Module):
                 raise ValueError(
                     "per-row positions need a cache, one token per row, (B,) positions"
                 )
-            start_pos = RowPositions(start_pos)
+            start_pos = RowPositions(start_pos, attend_to)
             last = start_pos.end - 1
             pos = start_pos.positions[:, None]  # (B, 1)
         else:
@@ -282,8 +301,13 @@ class GPT(nn.Module):
         else:
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
+        compiled = compiled and isinstance(start_pos, RowPositions)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache.layer(i) if cache is not None else None, start_pos, rotation)
+            layer_cache = cache.layer(i) if cache is not None else None
+            if compiled:
+                x = compiled_block_forward()(block, x, layer_cache, start_pos, rotation)
+            else:
+                x = block(x, layer_cache, start_pos, rotation)
         x = self.transformer.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)

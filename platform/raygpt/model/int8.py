@@ -32,13 +32,14 @@ METHODS = (WEIGHT_ONLY,)
 SMALL_BATCH = 16  # rows up to which the fused CPU kernel beats dequantize-then-matmul
 
 
-@functools.cache
-def _fused_int8_matvec():
-    def matvec(x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        # (M, K) x (N, K) int8 -> (M, N): compiled into one loop that converts int8 on the fly
-        return (x.unsqueeze(-2) * qdata.to(x.dtype)).sum(-1) * scale
+def _int8_matvec(x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    # (M, K) x (N, K) int8 -> (M, N): compiled into one loop that converts int8 on the fly
+    return (x.unsqueeze(-2) * qdata.to(x.dtype)).sum(-1) * scale
 
-    return torch.compile(matvec, dynamic=True)
+
+@functools.cache
+def _compiled_int8_matvec():
+    return torch.compile(_int8_matvec, dynamic=True)
 
 
 class Int8Linear(nn.Module):
@@ -55,7 +56,11 @@ class Int8Linear(nn.Module):
         flat = x.reshape(-1, x.shape[-1])
         scale = self.scale.to(x.dtype)
         if x.device.type == "cpu" and flat.shape[0] <= SMALL_BATCH:
-            y = _fused_int8_matvec()(flat, self.qdata, scale)
+            # inside a compiled block the block's own compile fuses it
+            if torch.compiler.is_compiling():
+                y = _int8_matvec(flat, self.qdata, scale)
+            else:  # a fresh copy (a few KB): views at other offsets would recompile it
+                y = _compiled_int8_matvec()(flat.clone(), self.qdata, scale)
         else:
             y = F.linear(flat, self.qdata.to(x.dtype)) * scale
         if self.bias is not None:

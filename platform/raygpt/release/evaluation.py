@@ -22,7 +22,8 @@ from raygpt import storage
 from raygpt.checkpoint import read_meta
 from raygpt.data.shards import dataset_dir
 from raygpt.errors import RaygptError
-from raygpt.inference.load import load_for_inference
+from raygpt.inference.engine import GenerationEngine, GenerationRequest, GenerationUpdate
+from raygpt.inference.load import checkpoint_tokenizer, load_for_inference
 
 
 @dataclass
@@ -57,16 +58,29 @@ def mean_loss(model, windows: np.ndarray, batch_size: int = 8) -> float:
     return total / count
 
 
-def decode_rate(model, batch: int, new_tokens: int, vocab: int, repeats: int = 3) -> float:
-    """Greedy decode tokens/s for `batch` sequences (warm-up and compilation excluded)."""
-    prompt = torch.randint(0, vocab, (batch, 16), generator=torch.Generator().manual_seed(0))
-    model.generate(prompt, 8, temperature=0)  # warm-up: allocator, thread pool, compilation
-    times = []
-    for _ in range(repeats):
+def decode_rate(
+    model, tokenizer, batch: int, new_tokens: int, repeats: int = 3, compiled: bool = True
+) -> float:
+    """Greedy decode tokens/s of `batch` requests decoded together by the generation engine,
+    as the service runs them (compiled decode steps by default); warm-up and compilation
+    excluded. Each request has its own 16-token prompt, all ending together."""
+    vocab = model.config.vocab_size
+    engine = GenerationEngine(model, tokenizer, max_slots=batch, compile_decode=compiled)
+    prompts = torch.randint(0, vocab, (batch, 16), generator=torch.Generator().manual_seed(0))
+
+    def run(tokens: int) -> float:
+        finished: list[GenerationUpdate] = []
+        for prompt in prompts.tolist():
+            request = GenerationRequest(tuple(prompt), tokens, temperature=0, stop_at_eot=False)
+            engine.submit(request, lambda u: u.finish_reason and finished.append(u))
         start = time.perf_counter()
-        out = model.generate(prompt, new_tokens, temperature=0)
-        times.append(time.perf_counter() - start)
-    return batch * (out.shape[1] - prompt.shape[1]) / statistics.median(times)
+        while len(finished) < batch:
+            engine.step()
+        return time.perf_counter() - start
+
+    run(1), run(4)  # warm-up: compiles the batch of one's step, then this batch's
+    seconds = statistics.median(run(new_tokens) for _ in range(repeats))
+    return batch * new_tokens / seconds
 
 
 def folder_size_mb(path: Path) -> float:
@@ -98,9 +112,8 @@ def evaluate_checkpoint(
     model, meta = load_for_inference(local)  # as it is served
     quantization = (meta.extra.get("quantization") or {}).get("method")
     loss = mean_loss(model, windows)
-    rates = {
-        f"batch {b}": decode_rate(model, b, new_tokens, model.config.vocab_size) for b in batches
-    }
+    tokenizer = checkpoint_tokenizer(meta)
+    rates = {f"batch {b}": decode_rate(model, tokenizer, b, new_tokens) for b in batches}
     return EvalReport(
         name=name,
         checkpoint=str(checkpoint),
