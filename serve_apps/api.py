@@ -1,4 +1,5 @@
-"""Request and response bodies: OpenAI's completions API and the seed's /complete."""
+"""Request and response bodies: OpenAI's completions and chat completions APIs, and the
+seed's /complete."""
 
 from __future__ import annotations
 
@@ -33,17 +34,73 @@ class CompletionRequest(BaseModel):
     echo: bool = False
 
 
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TextPart(BaseModel):
+    """One part of a message's content in OpenAI's list form; only text parts are served."""
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessageIn(BaseModel):
+    role: str
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """POST /v1/chat/completions. As for completions: fields a client sends that change
+    nothing here are ignored; those that would change the result (n > 1, logprobs, tools)
+    are refused with 400."""
+
+    model: str | None = None
+    messages: list[ChatMessageIn]
+    max_tokens: int | None = Field(None, ge=1)  # the older name
+    max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's current name
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    ignore_eos: bool = False
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = 1
+    logprobs: bool = False
+    tools: list | None = None
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessageOut
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage | None = None
+
+
 class CompletionChoice(BaseModel):
     text: str
     index: int
     logprobs: None = None
     finish_reason: Literal["stop", "length"] | None = None
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
 
 
 class CompletionResponse(BaseModel):

@@ -21,16 +21,22 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
 from raygpt.errors import ConfigError, RequestError
+from raygpt.inference.chat import ChatMessage, ChatTemplateError, render_chat, template_tokens
 from raygpt.inference.engine import UNAVAILABLE, GenerationRequest
 from raygpt.inference.load import load_tokenizer
 from serve_apps.api import (
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatMessageIn,
+    ChatMessageOut,
     CompleteRequest,
     CompleteResponse,
     CompletionChoice,
@@ -53,9 +59,10 @@ from serve_apps.errors import (
 from serve_apps.limits import BodyLimit
 from serve_apps.metrics import IngressMetrics
 from serve_apps.settings import ServeSettings
-from serve_apps.streaming import cancel_stream, completion_events
+from serve_apps.streaming import ChunkShape, cancel_stream, completion_events, usage_of
 
 logger = logging.getLogger("ray.serve")
+PLAYGROUND = Path(__file__).with_name("playground.html")
 
 # (method, path, Ingress method, needs the API key, JSON response, summary)
 ROUTES = [
@@ -63,7 +70,16 @@ ROUTES = [
     ("GET", "/health", "health", False, None, "200 when a generator replica answers"),
     ("GET", "/v1/models", "models", True, ModelList, "The model served here"),
     ("POST", "/v1/completions", "completions", True, CompletionResponse, "OpenAI completions"),
+    (
+        "POST",
+        "/v1/chat/completions",
+        "chat_completions",
+        True,
+        ChatCompletionResponse,
+        "OpenAI chat completions, prompted with the model's chat template",
+    ),
     ("POST", "/complete", "complete", True, CompleteResponse, "The seed's code completion"),
+    ("GET", "/playground", "playground", False, None, "A chat and code page in the browser"),
 ]
 ENDPOINTS = [f"{method} {path}" for method, path, *_ in ROUTES]
 
@@ -88,14 +104,19 @@ class Ingress:
         self.tokenizer = load_tokenizer(
             vocabulary["kind"], vocabulary["tokenizer_json"], vocabulary["special_tokens"]
         )
+        self.chat_template = vocabulary["chat_template"]
+        self.template_tokens = template_tokens(
+            vocabulary["special_tokens"] or {}, self.tokenizer.decode
+        )
         self.created = int(time.time())
         self.metrics = IngressMetrics(self.model_name)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         api = FastAPI(
             title="raygpt",
-            description="Code completion from a raygpt GPT: OpenAI-compatible /v1/completions "
-            "with streaming, and the seed's /complete.",
+            description="Code completion and chat from a raygpt GPT: OpenAI-compatible "
+            "/v1/completions and /v1/chat/completions with streaming, the seed's /complete, "
+            "and a playground page at /playground.",
             version="0.1.0",
         )
         api.add_exception_handler(HTTPException, http_error)
@@ -141,6 +162,7 @@ class Ingress:
                 "max_request_bytes": settings.max_request_bytes,
                 "request_timeout_s": settings.request_timeout_s,
             },
+            "chat": self.chat_template is not None,  # whether /v1/chat/completions can answer
             "auth": "bearer" if self.api_key else "none",
             "endpoints": ENDPOINTS,
             "docs": "/docs",
@@ -159,20 +181,11 @@ class Ingress:
         return ModelList(data=[ModelCard(id=self.model_name, created=self.created)])
 
     async def completions(self, body: CompletionRequest) -> CompletionResponse | StreamingResponse:
-        if body.model is not None and body.model != self.model_name:
-            raise HTTPException(
-                404, f"model: {body.model!r} is not served here; use {self.model_name!r}"
-            )
-        if body.n != 1:
-            raise BadRequest("n: only n=1 is supported", "n")
+        self.check_common(body.model, body.n, body.max_tokens)
         if body.logprobs is not None:
             raise BadRequest("logprobs: not supported", "logprobs")
         if body.echo:
             raise BadRequest("echo: not supported", "echo")
-        self.check_max_tokens(body.max_tokens)
-        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        if len(stop) > 4:
-            raise BadRequest(f"stop: {len(stop)} stop strings; the limit is 4", "stop")
         requests = await asyncio.to_thread(  # tokenizing a long prompt would stall the loop
             self.requests,
             body.prompt,
@@ -181,42 +194,65 @@ class Ingress:
             top_k=body.top_k,
             top_p=body.top_p,
             seed=body.seed,
-            stop=tuple(stop),
+            stop=stop_strings(body.stop),
             stop_at_eot=not body.ignore_eos,
         )
-        completion_id = f"cmpl-{uuid.uuid4().hex}"
-        created = int(time.time())
+        shape = ChunkShape(f"cmpl-{uuid.uuid4().hex}", int(time.time()), self.model_name)
         if body.stream:
-            started = await self.start_streams(requests, completion_id)
-            events = completion_events(
-                started,
-                requests,
-                completion_id,
-                created,
-                self.model_name,
-                body.stream_options or StreamOptions(),
-                self.settings.retry_after_s,
-            )
-            return StreamingResponse(events, media_type="text/event-stream")
-        results = await self.within_timeout(
-            all_or_none(self.complete_one(r, completion_id) for r in requests)
-        )
-        prompt_tokens = sum(len(r.prompt) for r in requests)
-        completion_tokens = sum(r["completion_tokens"] for r in results)
+            return await self.stream_response(requests, shape, body.stream_options)
+        results = await self.run_to_end(requests, shape.id)
         return CompletionResponse(
-            id=completion_id,
-            created=created,
+            id=shape.id,
+            created=shape.created,
             model=self.model_name,
             choices=[
                 CompletionChoice(text=r["text"], index=i, finish_reason=r["finish_reason"])
                 for i, r in enumerate(results)
             ],
-            usage=Usage(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
-            ),
+            usage=total_usage(requests, results),
         )
+
+    async def chat_completions(
+        self, body: ChatCompletionRequest
+    ) -> ChatCompletionResponse | StreamingResponse:
+        max_tokens = body.max_completion_tokens or body.max_tokens or self.settings.max_tokens_limit
+        self.check_common(body.model, body.n, max_tokens)
+        if body.logprobs:
+            raise BadRequest("logprobs: not supported", "logprobs")
+        if body.tools:
+            raise BadRequest("tools: tool calls are not supported", "tools")
+        messages = chat_messages(body.messages)
+        requests = await asyncio.to_thread(
+            self.chat_requests,
+            messages,
+            max_tokens=max_tokens,
+            temperature=body.temperature,
+            top_k=body.top_k,
+            top_p=body.top_p,
+            seed=body.seed,
+            stop=stop_strings(body.stop),
+            stop_at_eot=not body.ignore_eos,  # the template's end-of-turn token ends the answer
+        )
+        shape = ChunkShape(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), self.model_name, True)
+        if body.stream:
+            return await self.stream_response(requests, shape, body.stream_options)
+        (result,) = await self.run_to_end(requests, shape.id)
+        return ChatCompletionResponse(
+            id=shape.id,
+            created=shape.created,
+            model=self.model_name,
+            choices=[
+                ChatChoice(
+                    index=0,
+                    message=ChatMessageOut(content=result["text"]),
+                    finish_reason=result["finish_reason"],
+                )
+            ],
+            usage=total_usage(requests, [result]),
+        )
+
+    async def playground(self) -> HTMLResponse:
+        return HTMLResponse(PLAYGROUND.read_text(encoding="utf-8"))
 
     async def complete(self, body: CompleteRequest) -> CompleteResponse:
         self.check_max_tokens(body.max_tokens)
@@ -227,7 +263,7 @@ class Ingress:
             temperature=body.temperature,
             top_k=body.top_k or None,
         )
-        result = await self.within_timeout(self.complete_one(request, f"cmpl-{uuid.uuid4().hex}"))
+        (result,) = await self.run_to_end([request], f"cmpl-{uuid.uuid4().hex}")
         return CompleteResponse(
             completion=result["text"],
             full_code=body.code + result["text"],
@@ -265,6 +301,32 @@ class Ingress:
             requests.append(request)
         return requests
 
+    def chat_requests(
+        self, messages: list[ChatMessage], **sampling: Any
+    ) -> list[GenerationRequest]:
+        """The conversation rendered with the checkpoint's chat template, as one request."""
+        if not self.chat_template:
+            raise BadRequest(
+                f"model: {self.model_name!r} has no chat template (its checkpoint records "
+                "none), so it cannot chat; use /v1/completions",
+                "model",
+            )
+        try:
+            prompt = render_chat(self.chat_template, messages, self.template_tokens)
+        except ChatTemplateError as err:
+            raise BadRequest(str(err), "messages") from None
+        return self.requests(prompt, **sampling)
+
+    def check_common(self, model: str | None, n: int, max_tokens: int) -> None:
+        """What completions and chat check alike: the model's name, n, max_tokens."""
+        if model is not None and model != self.model_name:
+            raise HTTPException(
+                404, f"model: {model!r} is not served here; use {self.model_name!r}"
+            )
+        if n != 1:
+            raise BadRequest("n: only n=1 is supported", "n")
+        self.check_max_tokens(max_tokens)
+
     def check_max_tokens(self, max_tokens: int) -> None:
         if max_tokens > self.settings.max_tokens_limit:
             raise BadRequest(
@@ -272,6 +334,22 @@ class Ingress:
                 f"{self.settings.max_tokens_limit}",
                 "max_tokens",
             )
+
+    async def stream_response(
+        self, requests: list[GenerationRequest], shape: ChunkShape, options: StreamOptions | None
+    ) -> StreamingResponse:
+        started = await self.start_streams(requests, shape.id)
+        events = completion_events(
+            started, requests, shape, options or StreamOptions(), self.settings.retry_after_s
+        )
+        return StreamingResponse(events, media_type="text/event-stream")
+
+    async def run_to_end(
+        self, requests: list[GenerationRequest], request_id: str
+    ) -> list[dict[str, Any]]:
+        return await self.within_timeout(
+            all_or_none(self.complete_one(r, request_id) for r in requests)
+        )
 
     def generate(self, request: GenerationRequest):
         """The generator's stream of updates for one prompt."""
@@ -347,6 +425,37 @@ async def all_or_none(awaitables) -> list:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
+    stop = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stop) > 4:
+        raise BadRequest(f"stop: {len(stop)} stop strings; the limit is 4", "stop")
+    return tuple(stop)
+
+
+def chat_messages(messages: list[ChatMessageIn]) -> list[ChatMessage]:
+    """OpenAI's messages as plain (role, text) pairs; content given as a list of parts must
+    be text parts (images and audio are not served)."""
+    plain = []
+    for i, message in enumerate(messages):
+        content = message.content
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if part.type != "text" or part.text is None:
+                    raise BadRequest(
+                        f"messages[{i}].content[{j}]: only text parts are supported, got "
+                        f"{part.type!r}",
+                        "messages",
+                    )
+            content = "".join(part.text for part in content)
+        plain.append(ChatMessage(message.role, content or ""))
+    return plain
+
+
+def total_usage(requests: list[GenerationRequest], results: list[dict[str, Any]]) -> Usage:
+    prompt_tokens = sum(len(r.prompt) for r in requests)
+    return usage_of(prompt_tokens, sum(r["completion_tokens"] for r in results))
 
 
 def call_failed(error: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Server-sent events for /v1/completions with `stream: true`, in OpenAI's chunk format.
+"""Server-sent events for `stream: true`, in OpenAI's chunk formats: text completions
+(`text_completion` chunks with `text`) and chat (`chat.completion.chunk` with `delta`).
 
 The ingress starts every prompt's generator stream and waits for each one's first update
 before it answers (so a refusal is still a plain 4xx/5xx); from then on the answer is 200 and
@@ -11,21 +12,61 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from raygpt.inference.engine import UNAVAILABLE, GenerationRequest
-from serve_apps.api import CompletionChoice, CompletionResponse, StreamOptions, Usage
+from serve_apps.api import StreamOptions, Usage
 from serve_apps.errors import error_body, failed, generation_error
 
 DONE = "data: [DONE]\n\n"
 
 
+@dataclass(frozen=True)
+class ChunkShape:
+    """What one response's chunks look like: their id, model, and completions' or chat's form."""
+
+    id: str
+    created: int
+    model: str
+    chat: bool = False
+
+    def chunk(self, choices: list[dict[str, Any]], usage: Usage | None = None) -> dict[str, Any]:
+        body = {
+            "id": self.id,
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if usage is not None:
+            body["usage"] = usage.model_dump()
+        return body
+
+    def opening(self, index: int) -> dict[str, Any] | None:
+        """Chat streams open each choice with the speaker's role, as OpenAI's do."""
+        if not self.chat:
+            return None
+        delta = {"role": "assistant", "content": ""}
+        return self.chunk(
+            [{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}]
+        )
+
+    def piece(self, index: int, text: str, reason: str | None) -> dict[str, Any]:
+        if self.chat:
+            delta = {"content": text} if text else {}
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
+        else:
+            choice = {"text": text, "index": index}
+            if reason is not None:
+                choice["finish_reason"] = reason
+        return self.chunk([choice])
+
+
 async def completion_events(
     started: list[tuple[dict[str, Any], Any]],
     requests: list[GenerationRequest],
-    completion_id: str,
-    created: int,
-    model_name: str,
+    shape: ChunkShape,
     options: StreamOptions,
     retry_after_s: float,
 ) -> AsyncIterator[str]:
@@ -58,6 +99,9 @@ async def completion_events(
     ]
     completion_tokens, open_streams = 0, len(tasks)
     try:
+        for index in range(len(started)):
+            if (opening := shape.opening(index)) is not None:
+                yield sse(opening)
         while open_streams:
             index, update = await merged.get()
             if update is None:
@@ -65,7 +109,7 @@ async def completion_events(
                 continue
             reason = update["finish_reason"]
             if reason is not None and failed(update):
-                error = generation_error(update, completion_id, retry_after_s)
+                error = generation_error(update, shape.id, retry_after_s)
                 yield sse(error_body(error.status_code, error.detail))
                 yield DONE
                 return
@@ -73,41 +117,28 @@ async def completion_events(
                 completion_tokens += update["completion_tokens"]
             if not update["text"] and reason is None:
                 continue
-            chunk = CompletionResponse(
-                id=completion_id,
-                created=created,
-                model=model_name,
-                choices=[CompletionChoice(text=update["text"], index=index, finish_reason=reason)],
-            )
+            chunk = shape.piece(index, update["text"], reason)
             if options.continuous_usage_stats:
-                prompt, done = update["prompt_tokens"], update["completion_tokens"]
-                chunk.usage = Usage(
-                    prompt_tokens=prompt, completion_tokens=done, total_tokens=prompt + done
-                )
-            yield sse(chunk.model_dump(exclude_none=True))
+                so_far = usage_of(update["prompt_tokens"], update["completion_tokens"])
+                chunk["usage"] = so_far.model_dump()
+            yield sse(chunk)
         if options.include_usage:
             prompt_tokens = sum(len(r.prompt) for r in requests)
-            usage = Usage(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
-            )
-            yield sse(
-                {
-                    "id": completion_id,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": model_name,
-                    "choices": [],
-                    "usage": usage.model_dump(),
-                }
-            )
+            yield sse(shape.chunk([], usage_of(prompt_tokens, completion_tokens)))
         yield DONE
     finally:
         for task in tasks:
             task.cancel()
         for stream in streams:
             cancel_stream(stream)
+
+
+def usage_of(prompt_tokens: int, completion_tokens: int) -> Usage:
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
 
 
 def cancel_stream(stream) -> None:

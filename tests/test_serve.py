@@ -203,6 +203,12 @@ BAD_REQUESTS = [
     ("/v1/completions", {"prompt": "x" * 5000}, 413, "limit is 4096"),
     ("/v1/completions", {"prompt": "x", "seed": 2**64}, 400, "seed: must be in"),
     ("/v1/completions", {"prompt": "x", "stop": ["y" * 300]}, 400, "stop: a stop string is longer"),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "hi"}]},
+        400,
+        "no chat template",
+    ),
     ("/complete", {"max_tokens": 4}, 422, "code"),
     ("/complete", {"code": "x", "top_k": -1}, 422, "top_k"),
     ("/complete", {"code": "x", "max_tokens": 100}, 400, "limit of 48"),

@@ -1,44 +1,19 @@
 """The real pretrained model, offline: SmolLM2-135M-Instruct from the package index (its 4-bit
 GGUF), imported by raygpt and held against transformers loading the same file. Each model is
-loaded once for the session."""
+loaded once for the session (conftest: `smollm2`, `reference`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from raygpt.checkpoint import load_model
-from raygpt.checkpoint.pretrained import provision, source_file
 from raygpt.inference.engine import GenerationEngine, GenerationRequest
-from raygpt.inference.load import checkpoint_tokenizer
 from raygpt.model.int8 import quantize_model
 
-NAME = "smollm2-135m-instruct"
 CODE = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
-
-
-@pytest.fixture(scope="session")
-def smollm2():
-    """raygpt's import: (folder, model, meta, tokenizer)."""
-    folder = provision(NAME)  # `make setup` did it; otherwise fetched from the index now
-    model, meta = load_model(folder)
-    return folder, model, meta, checkpoint_tokenizer(meta)
-
-
-@pytest.fixture(scope="session")
-def reference():
-    """transformers loading the same GGUF file: (model, tokenizer)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = source_file(NAME)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    ).eval()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    return model, tokenizer
 
 
 def test_the_import_is_the_model_the_issue_names(smollm2):
@@ -167,3 +142,28 @@ def test_fine_tuning_through_ray_train_lowers_the_val_loss(ray_session, smollm2,
     assert meta.tokenizer == "bpe" and meta.chat_template == smollm2[2].chat_template
     assert meta.special_tokens == smollm2[2].special_tokens
     assert meta.model.block_size == 128 and meta.model.kv_heads == 3
+
+
+def test_the_chat_template_renders_as_transformers_does(smollm2, reference):
+    """The checkpoint's template in raygpt's sandbox gives transformers' prompt ids, with and
+    without a system message (the template adds SmolLM's own when there is none)."""
+    from raygpt.inference.chat import ChatMessage, render_chat, template_tokens
+
+    _, _, meta, tokenizer = smollm2
+    tokens = template_tokens(meta.special_tokens, tokenizer.decode)
+    conversations = [
+        [{"role": "user", "content": "Write a function that adds two numbers."}],
+        [
+            {"role": "system", "content": "You write Python."},
+            {"role": "user", "content": "Reverse a list."},
+            {"role": "assistant", "content": "xs[::-1]"},
+            {"role": "user", "content": "In place?"},
+        ],
+    ]
+    for conversation in conversations:
+        messages = [ChatMessage(m["role"], m["content"]) for m in conversation]
+        ours = tokenizer.encode(render_chat(meta.chat_template, messages, tokens))
+        theirs = reference[1].apply_chat_template(conversation, add_generation_prompt=True)
+        if not isinstance(theirs, list):  # transformers 5 returns a BatchEncoding
+            theirs = theirs["input_ids"]
+        assert ours == list(theirs)
