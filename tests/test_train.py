@@ -227,16 +227,19 @@ def test_bad_configs_fail_before_any_worker_starts(byte_shards, tmp_path, overri
 
 
 def test_fine_tune_from_a_hugging_face_gpt2_folder(
-    ray_session, stdlib_shards, hf_dir, hf_model, tmp_path
+    ray_session, stdlib_shards, hf_dir, hf_model, tmp_path, monkeypatch
 ):
-    """The seed's code assistant, in miniature: init_from a local HF GPT-2, block size cropped."""
+    """The seed's code assistant, in miniature: init_from a local HF GPT-2, block size cropped.
+    The folder is named relative to the driver's working directory, as the SmolLM2 configs
+    name .cache/models/...: the Train workers, which run elsewhere, must still find it."""
+    monkeypatch.chdir(hf_dir.parent)
     config = experiment(
         stdlib_shards.out_dir,
         tmp_path / "ft",
         data={"tokenizer": "gpt2"},
         model={"block_size": 32, "dropout": 0.1},
         train={
-            "init_from": str(hf_dir),
+            "init_from": hf_dir.name,
             "max_iters": 3,
             "lr_decay_iters": 3,
             "learning_rate": 1e-4,

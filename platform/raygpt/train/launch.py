@@ -73,7 +73,7 @@ def plan_training(config: ExperimentConfig) -> TrainingPlan:
     if resuming:
         config = _adopt_run_model(config, run_dir)
     elif train.init_from not in ("scratch", "resume"):
-        init_weights = train.init_from
+        init_weights = storage.absolute(train.init_from)  # workers run in other directories
         config = _adopt_pretrained_config(config, init_weights)
     data_dir = dataset_dir(config.data.dataset, config.data.tokenizer)
     plan = TrainingPlan(config, data_dir, run_dir, init_weights, resuming)
