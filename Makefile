@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.raygpt-installed
 
-.PHONY: setup tokenizer model test demo lint format bench clean
+.PHONY: setup tokenizer model test demo serve lint format bench clean
 
 setup: $(STAMP) tokenizer model
 
@@ -29,12 +29,19 @@ model: $(STAMP)
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The whole platform on a local Ray: stdlib corpus → 2 DDP workers → INT8 → eval → Serve →
-# real completions over HTTP → shut down. Re-running resumes the finished run (idempotent).
-DEMO_CONFIG ?= configs/tiny_cpu.yaml
-DEMO_ARGS   ?= train.out_dir=runs/demo scaling.num_workers=2 scaling.cpus_per_worker=0.5
+# The whole platform on a local Ray, with the real model: stdlib corpus in SmolLM2's tokens →
+# SmolLM2-135M-Instruct fine-tuned by 2 DDP workers → INT8 → eval → Serve → real code
+# completions and a chat answer over HTTP → shut down. Re-running resumes the finished run.
+DEMO_CONFIG ?= configs/smollm2_135m_code_cpu.yaml
+DEMO_ARGS   ?= train.out_dir=runs/demo
 demo: setup
 	$(PY) jobs/pipeline.py --config $(DEMO_CONFIG) $(DEMO_ARGS) --shutdown-serve
+
+# The demo's INT8 model served again (Ctrl-C stops it): the API and the playground page at
+# http://127.0.0.1:8000/playground.
+SERVE_CHECKPOINT ?= runs/demo/int8
+serve: setup
+	$(VENV)/bin/serve run serve_apps.app:build_app checkpoint=$(SERVE_CHECKPOINT)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

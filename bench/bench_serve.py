@@ -113,15 +113,22 @@ def engine_rates(checkpoint: str, quantize: str, levels: list[int], max_tokens: 
     """The same model in this process, no HTTP: the engine's own tokens/s per concurrency,
     i.e. what continuous batching gives before the serving path takes its share."""
     from raygpt.inference.engine import GenerationEngine, GenerationRequest
-    from raygpt.inference.load import load_for_serving
-    from raygpt.tokenizer import get_tokenizer
+    from raygpt.inference.load import checkpoint_tokenizer, load_for_serving
+    from serve_apps.settings import ServeSettings
 
     model, meta = load_for_serving(checkpoint, int8=quantize == "int8")
-    tokenizer = get_tokenizer(meta.tokenizer)
+    tokenizer = checkpoint_tokenizer(meta)
     prompt = tuple(tokenizer.encode(PROMPT))
+    served = ServeSettings(checkpoint=checkpoint)  # the service's own context and compile
     rates = {}
-    for n in [1, 2, *levels]:  # the first two passes build the compiled kernels (1 row, more)
-        engine = GenerationEngine(model, tokenizer, max_slots=max(levels))
+    for n in [1, 2, *levels]:  # the first two passes compile the decode steps (1 row, more)
+        engine = GenerationEngine(
+            model,
+            tokenizer,
+            max_slots=max(levels),
+            max_context=served.max_context,
+            compile_decode=served.compile_decode,
+        )
         done: list[int] = []
         for seed in range(n):
             request = GenerationRequest(

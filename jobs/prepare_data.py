@@ -101,7 +101,7 @@ def main() -> None:
         follow_symlinks=args.follow_symlinks,
     )
     inputs = plan_inputs(options)  # bad options or paths fail before Ray starts
-    init_ray(args.address, args.num_cpus)
+    init_ray(args.address, args.num_cpus, args.verbose)
     result: PrepareResult = prepare_dataset(options, inputs)
     print(summary(result.manifest, args.out, result.seconds, result.bytes_read))
 

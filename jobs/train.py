@@ -24,7 +24,7 @@ def main() -> None:
 
     config = load_experiment(args.config, args.overrides)
     plan = plan_training(config)  # every check that needs no workers, before Ray starts
-    init_ray(args.address, args.num_cpus)
+    init_ray(args.address, args.num_cpus, args.verbose)
     print(summary(run_training(plan)))
 
 

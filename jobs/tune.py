@@ -24,7 +24,7 @@ def main() -> int:
 
     sweep = load_sweep(args.config)  # the space, the base config, every trial's extremes
     check_resume(sweep)  # a different sweep in the same out_dir fails here, before Ray
-    init_ray(args.address, args.num_cpus)
+    init_ray(args.address, args.num_cpus, args.verbose)
     outcome = run_sweep(sweep)
     print(summary(outcome))
     return exit_code(outcome)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging as pylogging
 import os
 import time
 import urllib.error
@@ -41,6 +42,8 @@ def deploy(
     warning = exposure_warning(host, args)
     if warning:
         print(warning, flush=True)
+    if quiet:  # Serve set its driver-side logger to INFO on import: "Started Serve", "ready"
+        pylogging.getLogger("ray.serve").setLevel(pylogging.WARNING)
     serve.start(proxy_location=proxy_location, http_options={"host": host, "port": port})
     logging = {"log_level": "WARNING", "enable_access_log": False} if quiet else None
     serve.run(build_app(args), name=name, route_prefix="/", blocking=False, logging_config=logging)
@@ -72,10 +75,24 @@ def exposure_warning(host: str, args: dict[str, Any]) -> str | None:
 
 def complete(url: str, prompt: str, api_key_env: str = "RAYGPT_API_KEY", **fields) -> dict:
     """POST /v1/completions (with the API key when one is set here)."""
+    return _post(url, "/v1/completions", {"prompt": prompt, **fields}, api_key_env)
+
+
+def chat(url: str, messages: list[dict], api_key_env: str = "RAYGPT_API_KEY", **fields) -> dict:
+    """POST /v1/chat/completions (with the API key when one is set here)."""
+    return _post(url, "/v1/chat/completions", {"messages": messages, **fields}, api_key_env)
+
+
+def describe(url: str) -> dict:
+    """GET /: the model, its limits, whether it chats."""
+    with urllib.request.urlopen(f"{url}/", timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _post(url: str, path: str, body: dict, api_key_env: str) -> dict:
     headers = {"Content-Type": "application/json"}
     if os.environ.get(api_key_env):
         headers["Authorization"] = f"Bearer {os.environ[api_key_env]}"
-    body = json.dumps({"prompt": prompt, **fields}).encode()
-    request = urllib.request.Request(f"{url}/v1/completions", body, headers, method="POST")
+    request = urllib.request.Request(f"{url}{path}", json.dumps(body).encode(), headers)
     with urllib.request.urlopen(request, timeout=300) as response:
         return json.loads(response.read())

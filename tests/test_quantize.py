@@ -153,3 +153,14 @@ def test_a_nan_loss_fails_the_int8_gate(byte_shards, tmp_path):
     save_checkpoint(tmp_path / "nan", model, CheckpointMeta(model=config, tokenizer="byte"))
     with pytest.raises(RaygptError, match="val loss is not a finite number"):
         release_int8(tmp_path / "nan", tmp_path / "int8", data=byte_shards, windows=4)
+
+
+def test_peak_memory_is_the_probes_own_not_its_parents(trained_tiny):
+    """The probe runs in a child process; a parent holding 1.5 GB (a pipeline driver with a
+    model loaded) must not show up in the child's peak."""
+    from raygpt.release.evaluation import peak_memory_mb
+
+    ballast = torch.ones(1_500_000_000 // 4)  # 1.5 GB, touched
+    alone = peak_memory_mb(str(trained_tiny))
+    del ballast
+    assert alone is not None and alone < 1200, alone  # torch's runtime and a 3 MB model

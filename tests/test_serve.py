@@ -204,6 +204,12 @@ BAD_REQUESTS = [
     ("/v1/completions", {"prompt": "x", "seed": 2**64}, 400, "seed: must be in"),
     ("/v1/completions", {"prompt": "x", "stop": ["y" * 300]}, 400, "stop: a stop string is longer"),
     (
+        "/v1/completions",
+        {"prompt": "x", "stop": ["y"] * 9},
+        400,
+        "stop: 9 stop strings; the limit is 8",
+    ),
+    (
         "/v1/chat/completions",
         {"messages": [{"role": "user", "content": "hi"}]},
         400,

@@ -261,3 +261,9 @@ def test_the_best_config_trains_with_jobs_train(sweep_run):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "trained 4 steps" in result.stdout
     assert (sweep_run.sweep_dir / "best" / "final").is_dir()
+    # The console is the job's own story: progress lines (the driver follows metrics.jsonl),
+    # none of Ray's internal logging (workers' prefixed output, raylet, C++, INFO lines).
+    assert "step      4/4 | loss" in result.stdout
+    console = result.stdout + result.stderr
+    noise = ["(RayTrainWorker", "(TrainController", "(raylet)", "core_worker", " INFO "]
+    assert [n for n in noise if n in console] == [], console[-3000:]

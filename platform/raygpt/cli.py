@@ -50,3 +50,6 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     """Where the job's Ray is: the flags init_ray takes."""
     parser.add_argument("--address", help="Ray cluster (default: $RAY_ADDRESS or a local Ray)")
     parser.add_argument("--num-cpus", type=float, help="logical CPUs of a local Ray")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show Ray's own logs and the workers' output"
+    )

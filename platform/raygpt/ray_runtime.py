@@ -1,7 +1,15 @@
-"""Connecting to Ray: the cluster a job was submitted to, or a local one started here."""
+"""Connecting to Ray: the cluster a job was submitted to, or a local one started here.
+
+Quiet by default: a job's console shows the job's own lines (progress, summaries, errors),
+not Ray's internal logging (worker start-up warnings, C++ core-worker lines, controller INFO,
+Serve's and Ray Data's chatter). Workers' output stays in their log files (the dashboard's
+Logs tab); a local Ray started quiet keeps only fatal lines in its C++ logs. `verbose` (the
+jobs' --verbose) brings all of it back, workers' output on the console included.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -10,24 +18,69 @@ from pathlib import Path
 # Ray Data tasks each reserve CPUs, and with one per core Ray Data starves and hangs.
 MIN_LOCAL_CPUS = 4
 DATA_LOGGING = Path(__file__).parent / "data" / "logging.yaml"
+QUIET_LOGGERS = ("ray", "ray.serve", "ray.data", "ray.train", "ray.tune")
+
+_worker_logs_shown = True  # Ray's default, until init_ray decides
 
 
-def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: bool = True) -> None:
+def init_ray(
+    address: str | None = None, num_cpus: float | None = None, verbose: bool = False
+) -> None:
     """Connect to `address` (or $RAY_ADDRESS, set by `ray job submit`), else start a local Ray."""
     import ray
 
+    global _worker_logs_shown
     if ray.is_initialized():
         return
-    # Workers inherit this from the process that starts Ray: quiet Ray Data everywhere.
+    # Workers inherit these from the process that starts Ray (and a job's driver passes
+    # them on): quiet Ray Data and the C++ core workers everywhere.
     os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(DATA_LOGGING))
+    if not verbose:
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+    _worker_logs_shown = verbose
+    kwargs = {
+        "logging_level": logging.INFO if verbose else logging.ERROR,
+        "log_to_driver": verbose,
+    }
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = {"logging_level": logging.WARNING} if quiet else {}
+    quiet = contextlib.nullcontext() if verbose else _c_stderr_muted()
     if address:
-        ray.init(address=address, **kwargs)
+        with quiet:
+            ray.init(address=address, **kwargs)
         return
     cpus = num_cpus if num_cpus is not None else max(MIN_LOCAL_CPUS, os.cpu_count() or 1)
+    if not verbose:
+        # The raylet warns each time the workers it has started pass 4x, 8x, ... this many
+        # (default: the cores); Ray Data, Train and Serve together start ~20 on a laptop.
+        kwargs["_system_config"] = {"worker_maximum_startup_concurrency": 2 * int(cpus)}
     # address="local": a private Ray for this process, even if `ray start` runs on this machine.
-    ray.init(address="local", num_cpus=cpus, **kwargs)
+    with quiet:
+        ray.init(address="local", num_cpus=cpus, **kwargs)
+
+
+@contextlib.contextmanager
+def _c_stderr_muted():
+    """Ray's C++ core worker starts up inside ray.init and writes its own lines straight to
+    file descriptor 2 (with RAY_BACKEND_LOG_LEVEL set, one saying so): mute that descriptor
+    while it starts. Python's errors are raised after it, onto the real stderr."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def worker_logs_shown() -> bool:
+    """Whether workers' output reaches this process's console (init_ray's `verbose`)."""
+    return _worker_logs_shown
 
 
 def cluster_cpus() -> int:

@@ -17,6 +17,7 @@ untied embedding stays a float lookup table (it costs no matmul).
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -85,8 +86,7 @@ class Int8Embedding(nn.Module):
 
 def quantize_model(model: GPT, method: str = WEIGHT_ONLY) -> GPT:
     """Quantize `model` in place with torchao; returns it, ready for inference."""
-    from torchao.quantization import Int8WeightOnlyConfig, quantize_
-
+    Int8WeightOnlyConfig, quantize_ = _torchao_quantization()
     if method not in METHODS:
         raise ValueError(f"unknown quantization method {method!r}; choose one of {list(METHODS)}")
     if is_quantized(model):
@@ -103,6 +103,22 @@ def quantize_model(model: GPT, method: str = WEIGHT_ONLY) -> GPT:
         weight = linear.weight
         setattr(parent, name, Int8Linear(weight.qdata, weight.scale, linear.bias))
     return _finish(model, method)
+
+
+def _torchao_quantization():
+    """torchao's int8 weight-only config and quantize_. Its import logs that its CUDA-only
+    kernels (mxfp8, cutlass) do not load on a CPU build of torch, and torch warns about an
+    enum it registers: neither concerns the int8 path, so neither reaches the console."""
+    quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    finally:
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
+    return Int8WeightOnlyConfig, quantize_
 
 
 def int8_skeleton(model: GPT, method: str) -> GPT:

@@ -17,6 +17,16 @@ from raygpt.inference.load import load_for_inference
 
 
 def _rss_peak_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM belongs to the process's own
+    memory map; getrusage's ru_maxrss survives exec, so a child of a big parent (a pipeline
+    driver holding a model) would report the parent's size."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 

@@ -10,6 +10,7 @@ that every node can reach; Ray Train writes checkpoints there itself), where a r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -34,8 +35,10 @@ from raygpt.data.shards import (
 )
 from raygpt.data.stream import window_dataset
 from raygpt.errors import CheckpointError, ConfigError, RaygptError, TokenizerError
+from raygpt.ray_runtime import worker_logs_shown
 from raygpt.tokenizer import is_own_vocabulary, tokenizer_name
 from raygpt.train.loop import FAILURE_ENV, train_loop_per_worker
+from raygpt.train.progress import FollowProgress
 from raygpt.train.run_log import LOSS_PLOT, METRICS_FILE, plot_losses, read_metrics
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
@@ -170,6 +173,11 @@ def run_training(plan: TrainingPlan, callbacks: Sequence[Any] = ()) -> TrainingR
     ensure_data(plan)
     config = plan.config
     train, scaling = config.train, config.scaling
+    # Where the progress lines come from: this driver following metrics.jsonl, unless the
+    # workers' own output reaches a console (--verbose, or a Tune trial's log).
+    follow = None
+    if not callbacks and not worker_logs_shown():
+        follow = FollowProgress(plan.run_dir, train.max_iters)
     storage.write_text(
         storage.join(plan.run_dir, "experiment.json"), json.dumps(config.to_dict(), indent=2) + "\n"
     )
@@ -195,6 +203,7 @@ def run_training(plan: TrainingPlan, callbacks: Sequence[Any] = ()) -> TrainingR
             "tokenizer": recorded_tokenizer(plan.manifest.tokenizer),
             "tokenizer_json": read_tokenizer_json(plan.data_dir, plan.manifest),
             "init_weights": plan.init_weights,
+            "echo_progress": follow is None,  # the driver prints it otherwise
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers,
@@ -219,7 +228,8 @@ def run_training(plan: TrainingPlan, callbacks: Sequence[Any] = ()) -> TrainingR
     )
     start = time.perf_counter()
     try:
-        result = trainer.fit()
+        with follow or contextlib.nullcontext():
+            result = trainer.fit()
     except ray.train.TrainingFailedError as err:
         raise RaygptError(f"training failed: {_root_cause(err)}") from None
     seconds = time.perf_counter() - start

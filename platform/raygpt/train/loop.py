@@ -32,6 +32,7 @@ from raygpt.errors import CheckpointError
 from raygpt.model import GPT
 from raygpt.train.batches import epoch_windows, eval_batches, rank_steps, to_xy
 from raygpt.train.metrics import TrainMetrics
+from raygpt.train.progress import progress_line, start_line
 from raygpt.train.run_log import append_metrics
 from raygpt.train.state import (
     FULL,
@@ -121,6 +122,12 @@ class WorkerRun:
         """Rank 0 speaks for the run: the console, metrics.jsonl, Prometheus, checkpoints."""
         return self.rank == 0
 
+    def say(self, line: str) -> None:
+        """A console line, when this worker's output reaches a console (Ray's worker logs
+        shown on the driver); otherwise the driver prints it from metrics.jsonl."""
+        if self.loop_config.get("echo_progress", True):
+            say(line)
+
     # -- resume ----------------------------------------------------------------------------
 
     def resume(self) -> None:
@@ -137,7 +144,7 @@ class WorkerRun:
             resumed = self.state.history[-1]
             self.last_saved = resumed["from"]
             if self.lead:
-                say(f"resumed from step {self.state.step} (epoch {self.state.epoch})")
+                self.say(f"resumed from step {self.state.step} (epoch {self.state.epoch})")
                 event = {"event": "resumed", "step": self.state.step}
                 if "unreadable" in resumed:
                     event["unreadable"] = resumed["unreadable"]
@@ -196,7 +203,7 @@ class WorkerRun:
             except (CheckpointError, storage.StorageError):
                 continue
             if self.lead:
-                say(
+                self.say(
                     f"warning: the latest checkpoint {latest_name} is unreadable ({problem}); "
                     f"resuming from {storage.name_of(older)} instead"
                 )
@@ -220,7 +227,7 @@ class WorkerRun:
         if self.state.step == 0:  # where the loss curve starts
             start = self.evaluate()
             if self.lead:
-                say(f"step      0/{train.max_iters} | val {start:.4f}")
+                self.say(start_line(start, train.max_iters))
                 append_metrics(self.run_dir, {"step": 0, "val_loss": start})
         self.wrapped.train()
         self._timer = StepTimer(self.state.step)
@@ -297,7 +304,7 @@ class WorkerRun:
             # nanoGPT's always_save_checkpoint=False: only a better model (or the last) is saved.
             save = checkpoint_due and (final or improved or train.always_save_checkpoint)
         if self.lead:
-            say(progress_line(record, train.max_iters))
+            self.say(progress_line(record, train.max_iters))
             append_metrics(self.run_dir, record)
             self.metrics.publish(record)
         self.report(record, save)
@@ -483,19 +490,6 @@ def wrap_model(model: GPT, strategy: str, device: torch.device, world: int):
         model, device_ids=[device.index] if device.type == "cuda" else None
     )
     return ddp, ddp.no_sync
-
-
-def progress_line(record: dict[str, Any], max_iters: int) -> str:
-    parts = [f"step {record['step']:>6}/{max_iters}", f"loss {record['loss']:.4f}"]
-    if "val_loss" in record:
-        parts.append(f"val {record['val_loss']:.4f}")
-    parts += [
-        f"lr {record['lr']:.2e}",
-        f"{record['tokens_per_s']:,.0f} tok/s",
-        "mfu n/a" if record["mfu"] is None else f"mfu {record['mfu'] * 100:.1f}%",
-        f"{record['ms_per_step']:.0f} ms/step",
-    ]
-    return " | ".join(parts)
 
 
 def say(line: str) -> None:
