@@ -134,24 +134,34 @@ def training_story(plan) -> str:
 
 def show_assistant(url: str, max_tokens: int) -> None:
     """Real requests over HTTP: greedy code completions (each checked to parse as Python),
-    and one chat answer when the model has a chat template."""
-    from serve_apps.deploy import chat, complete, describe
+    and one chat answer when the model has a chat template. A request the service refuses
+    (a prompt longer than a tiny model's context) is shown with the service's reason."""
+    from serve_apps.deploy import ServiceError, chat, complete, describe
 
     for i, prompt in enumerate(CODE_PROMPTS, 1):
-        answer = complete(url, prompt, max_tokens=max_tokens, temperature=0, stop=CODE_STOPS)
+        heading = f"\n--- completion {i}/{len(CODE_PROMPTS)}"
+        try:
+            answer = complete(url, prompt, max_tokens=max_tokens, temperature=0, stop=CODE_STOPS)
+        except ServiceError as err:
+            print(f"{heading}: not answered: {err}", flush=True)
+            continue
         choice, usage = answer["choices"][0], answer["usage"]
         code = prompt + choice["text"]
         verdict = "parses as Python" if parses(code) else "does NOT parse as Python"
         print(
-            f"\n--- completion {i}/{len(CODE_PROMPTS)}: {usage['completion_tokens']} tokens, "
-            f"{choice['finish_reason']}, {verdict}\n{code.rstrip()}",
+            f"{heading}: {usage['completion_tokens']} tokens, {choice['finish_reason']}, "
+            f"{verdict}\n{code.rstrip()}",
             flush=True,
         )
     if not describe(url)["chat"]:
         print("\n--- chat: skipped (this model has no chat template)", flush=True)
         return
     messages = [{"role": "user", "content": CHAT_QUESTION}]
-    answer = chat(url, messages, max_tokens=2 * max_tokens, temperature=0)
+    try:
+        answer = chat(url, messages, max_tokens=2 * max_tokens, temperature=0)
+    except ServiceError as err:
+        print(f"\n--- chat: not answered: {err}", flush=True)
+        return
     choice = answer["choices"][0]
     print(
         f"\n--- chat: {CHAT_QUESTION!r} → {answer['usage']['completion_tokens']} tokens, "

@@ -89,10 +89,21 @@ def describe(url: str) -> dict:
         return json.loads(response.read())
 
 
+class ServiceError(RuntimeError):
+    """The service answered with an error: its status and its message."""
+
+
 def _post(url: str, path: str, body: dict, api_key_env: str) -> dict:
     headers = {"Content-Type": "application/json"}
     if os.environ.get(api_key_env):
         headers["Authorization"] = f"Bearer {os.environ[api_key_env]}"
     request = urllib.request.Request(f"{url}{path}", json.dumps(body).encode(), headers)
-    with urllib.request.urlopen(request, timeout=300) as response:
-        return json.loads(response.read())
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        try:
+            message = json.loads(err.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = err.reason
+        raise ServiceError(f"{err.code}: {message}") from None
