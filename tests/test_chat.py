@@ -249,3 +249,19 @@ def test_the_playground_streams_chat_and_code_in_a_real_browser(chat_service, tm
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         if shots:
             shutil.copy(tmp_path / name, Path(shots) / f"playground_{name}")
+
+
+def test_humaneval_through_the_engine_and_through_the_service_agree(chat_service, smollm2):
+    """The same model, prompted the same way (its chat template), greedy: the Ray actors'
+    engine and the running service write the same answers and score the same pass@1."""
+    from raygpt.release.code_eval import CodeEvalOptions, EngineSource, ServiceSource, run_code_eval
+
+    options = CodeEvalOptions(limit=3, max_tokens=96)
+    engine = run_code_eval(EngineSource(str(smollm2[0]), max_context=512), options)
+    service = run_code_eval(ServiceSource(URL, "smollm2"), options)
+    assert engine.mode == service.mode == "chat"
+    answers = [[s.text for s in p.samples] for p in engine.problems]
+    assert answers == [[s.text for s in p.samples] for p in service.problems]
+    assert all(a[0] for a in answers)  # it answered every problem
+    assert engine.pass_at(1) == service.pass_at(1)
+    assert sum(engine.outcomes().values()) == 3

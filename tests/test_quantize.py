@@ -164,3 +164,34 @@ def test_peak_memory_is_the_probes_own_not_its_parents(trained_tiny):
     alone = peak_memory_mb(str(trained_tiny))
     del ballast
     assert alone is not None and alone < 1200, alone  # torch's runtime and a 3 MB model
+
+
+def test_bits_per_byte_divides_the_loss_by_the_bytes_the_tokens_spell():
+    """A byte model: one byte a token, so bits per byte is the loss in bits (end-of-text,
+    which spells no byte, counts neither). GPT-2's BPE: the bytes counted are the text's."""
+    import math
+
+    import numpy as np
+
+    from raygpt.config import ModelConfig
+    from raygpt.model import GPT
+    from raygpt.release.evaluation import loss_and_bits_per_byte, mean_loss, token_byte_lengths
+    from raygpt.tokenizer import get_tokenizer
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=257)).eval()
+    byte = get_tokenizer("byte")
+    lengths = token_byte_lengths(byte, model.config.padded_vocab_size)
+    windows = np.random.default_rng(0).integers(0, 256, size=(6, 17))
+    loss, bpb = loss_and_bits_per_byte(model, windows, lengths)
+    assert loss == pytest.approx(mean_loss(model, windows), rel=1e-5)
+    assert bpb == pytest.approx(loss / math.log(2), rel=1e-5)
+    windows[:, 5] = byte.eot_token
+    _, with_eot = loss_and_bits_per_byte(model, windows, lengths)
+    assert with_eot != pytest.approx(bpb)
+
+    gpt2 = get_tokenizer("gpt2")
+    text = "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n"
+    ids = [*gpt2.encode(text), gpt2.eot_token]
+    counted = token_byte_lengths(gpt2, 50304)[ids].sum()
+    assert counted == len(text.encode())

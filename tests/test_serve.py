@@ -53,6 +53,7 @@ def service(ray_session, trained_tiny, tmp_path_factory):
     long = dict(  # a generation that outlasts its 1.5 s timeout, even on a quiet machine
         checkpoint=str(long_context),
         quantize="none",
+        compile_decode=False,  # eager: compiled, 4000 tokens of this model fit in 1.5 s
         max_context=4096,
         max_tokens_limit=4000,
         request_timeout_s=1.5,
