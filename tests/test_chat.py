@@ -256,7 +256,7 @@ def test_humaneval_through_the_engine_and_through_the_service_agree(chat_service
     engine and the running service write the same answers and score the same pass@1."""
     from raygpt.release.code_eval import CodeEvalOptions, EngineSource, ServiceSource, run_code_eval
 
-    options = CodeEvalOptions(limit=3, max_tokens=96)
+    options = CodeEvalOptions(limit=2, max_tokens=64)
     engine = run_code_eval(EngineSource(str(smollm2[0]), max_context=512), options)
     service = run_code_eval(ServiceSource(URL, "smollm2"), options)
     assert engine.mode == service.mode == "chat"
@@ -264,4 +264,4 @@ def test_humaneval_through_the_engine_and_through_the_service_agree(chat_service
     assert answers == [[s.text for s in p.samples] for p in service.problems]
     assert all(a[0] for a in answers)  # it answered every problem
     assert engine.pass_at(1) == service.pass_at(1)
-    assert sum(engine.outcomes().values()) == 3
+    assert sum(engine.outcomes().values()) == 2
