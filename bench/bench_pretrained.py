@@ -53,9 +53,11 @@ def engine_decoder(model, tokenizer, new_tokens: int, compiled: bool = True):
 
     def decode(ids: torch.Tensor) -> torch.Tensor:
         batch = ids.shape[0]
-        engine = engines.setdefault(
-            batch, GenerationEngine(model, tokenizer, max_slots=batch, compile_decode=compiled)
-        )
+        if batch not in engines:  # one engine (and KV cache) per batch size, kept warm
+            engines[batch] = GenerationEngine(
+                model, tokenizer, max_slots=batch, max_context=1024, compile_decode=compiled
+            )
+        engine = engines[batch]
         tokens: dict[int, list[int]] = {row: [] for row in range(batch)}
         done: set[int] = set()
         for row, prompt in enumerate(ids.tolist()):

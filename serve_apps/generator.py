@@ -48,8 +48,14 @@ class Generator:
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = ServeSettings.model_validate(settings)
         self.device = pick_device(self.settings.device)
+        threads = None
         if self.device.type == "cpu":
-            torch.set_num_threads(cpu_threads(self.settings.num_cpus, self.settings.torch_threads))
+            # All of the model's CPU work runs on the engine's thread: OpenMP keeps a pool of
+            # workers for each thread that uses it, and with two pools on a small machine
+            # every decode step waits for sleeping workers (SmolLM2 INT8 on 2 cores: 61 ->
+            # 29 tokens/s). Loading here uses one thread; the engine's thread uses them all.
+            threads = cpu_threads(self.settings.num_cpus, self.settings.torch_threads)
+            torch.set_num_threads(1)
         self.model, meta = load_for_serving(
             self.settings.checkpoint,
             self.device,
@@ -68,31 +74,36 @@ class Generator:
             self.settings.max_queue,
             self.settings.max_context,
             compile_decode=self.settings.compile_decode,
-        )
+        ).start(threads)
         if not self._warm_up() and self.engine.compile_decode:
             # torch.compile needs a C++ compiler on CPU: without one, decode eagerly
             logger.warning("raygpt: compiled decode steps failed; decoding eagerly instead")
             self.engine.compile_decode = False
             self._warm_up()
-        self.engine.start()
         self.metrics = ServingMetrics(self.model_name)
         self._stop_metrics = self.metrics.watch(self.engine.stats)
 
     def _warm_up(self) -> bool:
         """Run a batch of one, then of two, before taking traffic: the decode steps of both
-        shape families compile here instead of inside the first users' requests. Whether
-        every warm-up request finished cleanly."""
+        shape families compile here (on the engine's thread) instead of inside the first
+        users' requests. Whether every warm-up request finished cleanly."""
         done: list[GenerationUpdate] = []
+        finished = threading.Condition()
+
+        def collect(update: GenerationUpdate) -> None:
+            if update.finish_reason:
+                with finished:
+                    done.append(update)
+                    finished.notify()
+
         for batch in (1, 2):
-            for _ in range(batch):
-                self.engine.submit(  # decodes whatever it samples: an end token ends nothing
-                    GenerationRequest(
-                        (self.tokenizer.eot_token,), 3, temperature=0, stop_at_eot=False
-                    ),
-                    lambda u: u.finish_reason and done.append(u),
+            for _ in range(batch):  # decodes whatever it samples: an end token ends nothing
+                request = GenerationRequest(
+                    (self.tokenizer.eot_token,), 3, temperature=0, stop_at_eot=False
                 )
-            while len(done) < {1: 1, 2: 3}[batch]:  # finished so far: 1, then 1 + 2
-                self.engine.step()
+                self.engine.submit(request, collect)
+            with finished:  # finished so far: 1, then 1 + 2
+                finished.wait_for(lambda b=batch: len(done) >= {1: 1, 2: 3}[b])
         return all(u.error is None for u in done)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[dict[str, Any]]:

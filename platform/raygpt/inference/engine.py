@@ -241,9 +241,13 @@ class GenerationEngine:
             problem = f"requests are waiting and no step has finished for {since:.0f} s"
         return EngineHealth(problem is None, problem, failing, since)
 
-    def start(self) -> GenerationEngine:
-        """Run steps on a background thread until `stop`."""
-        self._thread = threading.Thread(target=self._run, name="raygpt-engine", daemon=True)
+    def start(self, threads: int | None = None) -> GenerationEngine:
+        """Run steps on a background thread until `stop`, with `threads` torch threads
+        (default: the caller's)."""
+        threads = threads or torch.get_num_threads()
+        self._thread = threading.Thread(
+            target=self._run, args=(threads,), name="raygpt-engine", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -260,7 +264,9 @@ class GenerationEngine:
 
     # -- the engine's own thread ----------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, threads: int) -> None:
+        # OpenMP's thread count belongs to each thread: a new one starts with the default.
+        torch.set_num_threads(threads)
         try:
             while True:
                 with self._wake:
