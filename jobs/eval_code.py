@@ -74,7 +74,8 @@ def main() -> None:
     reports = []
     for source in sources:
         print(f"HumanEval: {source.name} ...", flush=True)
-        reports.append(run_code_eval(source, options, execution_tasks=cluster_cpus()))
+        report = run_code_eval(source, options, cluster_cpus(), say=lambda x: print(x, flush=True))
+        reports.append(report)
     print(results_table(reports))
     results = storage.join(args.out, "humaneval.json")
     write_results(results, reports)

@@ -136,7 +136,8 @@ def show_assistant(url: str, max_tokens: int) -> None:
     """Real requests over HTTP: greedy code completions (each checked to parse as Python),
     and one chat answer when the model has a chat template. A request the service refuses
     (a prompt longer than a tiny model's context) is shown with the service's reason."""
-    from serve_apps.deploy import ServiceError, chat, complete, describe
+    from raygpt.inference.http_client import ServiceError
+    from serve_apps.deploy import chat, complete, describe
 
     for i, prompt in enumerate(CODE_PROMPTS, 1):
         heading = f"\n--- completion {i}/{len(CODE_PROMPTS)}"

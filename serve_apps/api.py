@@ -13,14 +13,10 @@ class StreamOptions(BaseModel):
     continuous_usage_stats: bool = False  # usage in every chunk (vLLM's extension)
 
 
-class CompletionRequest(BaseModel):
-    """POST /v1/completions. Fields OpenAI clients send that raygpt has no use for (user,
-    presence_penalty, ...) are accepted and ignored; unsupported ones that would change the
-    result (n > 1, logprobs, echo) are refused with 400."""
+class Sampling(BaseModel):
+    """What completions and chat share: how to sample, when to stop, how to answer."""
 
     model: str | None = None
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int = Field(16, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)  # not OpenAI's, but nanoGPT users expect it
@@ -30,6 +26,15 @@ class CompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1
+
+
+class CompletionRequest(Sampling):
+    """POST /v1/completions. Fields OpenAI clients send that raygpt has no use for (user,
+    presence_penalty, ...) are accepted and ignored; unsupported ones that would change the
+    result (n > 1, logprobs, echo) are refused with 400."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int = Field(16, ge=1)
     logprobs: int | None = None
     echo: bool = False
 
@@ -53,24 +58,14 @@ class ChatMessageIn(BaseModel):
     name: str | None = None
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(Sampling):
     """POST /v1/chat/completions. As for completions: fields a client sends that change
     nothing here are ignored; those that would change the result (n > 1, logprobs, tools)
     are refused with 400."""
 
-    model: str | None = None
     messages: list[ChatMessageIn]
     max_tokens: int | None = Field(None, ge=1)  # the older name
     max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's current name
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    ignore_eos: bool = False
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    n: int = 1
     logprobs: bool = False
     tools: list | None = None
 

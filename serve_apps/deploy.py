@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging as pylogging
 import os
 import time
@@ -12,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from raygpt.inference.http_client import ServiceClient
 
 SERVE_CONFIG = Path(__file__).with_name("serve_config.yaml")
 
@@ -73,37 +74,21 @@ def exposure_warning(host: str, args: dict[str, Any]) -> str | None:
     )
 
 
+def client(url: str, api_key_env: str = "RAYGPT_API_KEY") -> ServiceClient:
+    """A client of the service at `url`, with the API key when one is set here."""
+    return ServiceClient(url, os.environ.get(api_key_env), timeout_s=300)
+
+
 def complete(url: str, prompt: str, api_key_env: str = "RAYGPT_API_KEY", **fields) -> dict:
-    """POST /v1/completions (with the API key when one is set here)."""
-    return _post(url, "/v1/completions", {"prompt": prompt, **fields}, api_key_env)
+    """POST /v1/completions."""
+    return client(url, api_key_env).post("/v1/completions", {"prompt": prompt, **fields})
 
 
 def chat(url: str, messages: list[dict], api_key_env: str = "RAYGPT_API_KEY", **fields) -> dict:
-    """POST /v1/chat/completions (with the API key when one is set here)."""
-    return _post(url, "/v1/chat/completions", {"messages": messages, **fields}, api_key_env)
+    """POST /v1/chat/completions."""
+    return client(url, api_key_env).post("/v1/chat/completions", {"messages": messages, **fields})
 
 
-def describe(url: str) -> dict:
+def describe(url: str, api_key_env: str = "RAYGPT_API_KEY") -> dict:
     """GET /: the model, its limits, whether it chats."""
-    with urllib.request.urlopen(f"{url}/", timeout=30) as response:
-        return json.loads(response.read())
-
-
-class ServiceError(RuntimeError):
-    """The service answered with an error: its status and its message."""
-
-
-def _post(url: str, path: str, body: dict, api_key_env: str) -> dict:
-    headers = {"Content-Type": "application/json"}
-    if os.environ.get(api_key_env):
-        headers["Authorization"] = f"Bearer {os.environ[api_key_env]}"
-    request = urllib.request.Request(f"{url}{path}", json.dumps(body).encode(), headers)
-    try:
-        with urllib.request.urlopen(request, timeout=300) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        try:
-            message = json.loads(err.read())["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = err.reason
-        raise ServiceError(f"{err.code}: {message}") from None
+    return client(url, api_key_env).get("/")

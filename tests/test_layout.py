@@ -28,6 +28,7 @@ RAY_LAYERS = {
     "raygpt.train.launch",
     "raygpt.train.loop",
     "raygpt.train.metrics",
+    "raygpt.release.code_eval",
 }
 MAX_TOP_LEVEL_MODULES = 10
 

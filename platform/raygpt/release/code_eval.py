@@ -11,17 +11,15 @@ through either. Generation and execution are timed apart.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from raygpt.errors import RaygptError
+from raygpt.inference.http_client import ServiceClient
 from raygpt.release.humaneval import (
     STOP_SEQUENCES,
     Problem,
@@ -192,8 +190,8 @@ class EngineActor:
         from raygpt.inference.load import checkpoint_tokenizer, load_for_serving
 
         device = pick_device("auto")
-        if device.type == "cpu":
-            torch.set_num_threads(cpu_threads(cpus))
+        if device.type == "cpu":  # a local Ray counts more CPUs than the machine's cores
+            torch.set_num_threads(min(cpu_threads(cpus), os.cpu_count() or 1))
         model, meta = load_for_serving(checkpoint, device, int8=quantize)
         self.meta, self.tokenizer = meta, checkpoint_tokenizer(meta)
         self.template_tokens = template_tokens(meta.special_tokens or {}, self.tokenizer.decode)
@@ -253,15 +251,15 @@ class ServiceSource:
         chat: bool | None = None,
         name: str | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/").removesuffix("/v1")
-        self.api_key, self.concurrency = api_key, concurrency
-        self.model = model or self._get("/v1/models")["data"][0]["id"]
-        self.name = name or f"{self.model} @ {self.base_url}"
+        self.client = ServiceClient(base_url, api_key)
+        self.concurrency = concurrency
+        self.model = model or self.client.get("/v1/models")["data"][0]["id"]
+        self.name = name or f"{self.model} @ {self.client.base_url}"
         self._chat = chat
 
     def has_chat_template(self) -> bool:
         if self._chat is None:  # raygpt's service says so; another one is asked for chat
-            self._chat = bool(self._get("/").get("chat", True))
+            self._chat = bool(self.client.get("/").get("chat", True))
         return self._chat
 
     def generate(self, jobs: list[GenerationJob]) -> dict[tuple[str, int], str]:
@@ -281,35 +279,10 @@ class ServiceSource:
         if job.stop:
             body["stop"] = list(job.stop)
         if job.messages is not None:
-            answer = self._post("/v1/chat/completions", {**body, "messages": job.messages})
+            answer = self.client.post("/v1/chat/completions", {**body, "messages": job.messages})
             return answer["choices"][0]["message"]["content"] or ""
-        return self._post("/v1/completions", {**body, "prompt": job.prompt})["choices"][0]["text"]
-
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        return headers
-
-    def _get(self, path: str) -> dict[str, Any]:
-        return self._send(urllib.request.Request(f"{self.base_url}{path}", headers=self._headers()))
-
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        data = json.dumps(body).encode()
-        return self._send(urllib.request.Request(f"{self.base_url}{path}", data, self._headers()))
-
-    def _send(self, request: urllib.request.Request) -> dict[str, Any]:
-        try:
-            with urllib.request.urlopen(request, timeout=600) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            try:
-                message = json.loads(err.read())["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = err.reason
-            raise RaygptError(f"{request.full_url}: {err.code} {message}") from None
-        except (urllib.error.URLError, OSError) as err:
-            raise RaygptError(f"{request.full_url}: cannot reach the service ({err})") from None
+        answer = self.client.post("/v1/completions", {**body, "prompt": job.prompt})
+        return answer["choices"][0]["text"]
 
 
 # -- running it -----------------------------------------------------------------------------
@@ -328,8 +301,12 @@ def execute_all(programs: list[str], limits: Limits, chunks: int) -> list[Execut
     return [e for part in ray.get([execute.remote(p) for p in parts]) for e in part]
 
 
-def run_code_eval(source, options: CodeEvalOptions, execution_tasks: int = 2) -> CodeEvalReport:
-    """HumanEval through `source` (EngineSource or ServiceSource), executed on Ray."""
+def run_code_eval(
+    source, options: CodeEvalOptions, execution_tasks: int = 2, say=None
+) -> CodeEvalReport:
+    """HumanEval through `source` (EngineSource or ServiceSource), executed on Ray; `say`
+    (print, for a job) hears how it goes."""
+    say = say or (lambda line: None)
     mode = options.mode
     if mode == "auto":
         mode = CHAT if source.has_chat_template() else COMPLETION
@@ -339,9 +316,11 @@ def run_code_eval(source, options: CodeEvalOptions, execution_tasks: int = 2) ->
     problems = load_problems(options.limit)
     jobs = [generation_job(p, i, mode, options) for p in problems for i in range(samples)]
 
+    say(f"  {len(jobs)} completions of {len(problems)} problems ({mode} prompts) ...")
     started = time.perf_counter()
     texts = source.generate(jobs)
     generated = time.perf_counter()
+    say(f"  made in {generated - started:.0f} s; running them in the sandbox ...")
     results = []
     for problem in problems:
         made = [texts[(problem.task_id, i)] for i in range(samples)]
