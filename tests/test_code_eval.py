@@ -137,7 +137,7 @@ def test_the_job_on_the_tiny_model_and_its_bad_arguments(trained_tiny, tmp_path)
         "--checkpoint",
         str(trained_tiny),
         "--limit",
-        "3",
+        "2",
         "--max-tokens",
         "24",
         "--out",
