@@ -128,6 +128,20 @@ class GenerationJob:
     seed: int | None
 
 
+ANSWER_FLOOR = 64  # tokens: below this, a solution rarely fits, so the prompt's start goes
+
+
+def fit_context(ids: list[int], max_tokens: int, context: int) -> tuple[list[int], int]:
+    """The prompt whole and the answer in the room left; only when that room is under
+    ANSWER_FLOOR (or the prompt alone overflows) does the prompt lose its start. A model
+    with a short context (fine-tuned at 512) then still sees each problem's instructions."""
+    floor = max(1, min(max_tokens, ANSWER_FLOOR, context - 1))
+    budget = min(max_tokens, context - len(ids))
+    if budget >= floor:
+        return ids, budget
+    return ids[-(context - floor) :], floor
+
+
 class EngineSource:
     """A raygpt checkpoint, served by the generation engine inside Ray actors (one per
     `actors`, each batching its share of the requests), loaded as the service loads it."""
@@ -216,11 +230,12 @@ class EngineActor:
                 prompt = render_chat(self.meta.chat_template, messages, self.template_tokens)
             else:
                 prompt = job.prompt
-            room = max(1, self.engine.block_size - job.max_tokens)  # a long prompt keeps its end
-            ids = self.tokenizer.encode(prompt)[-room:]
+            ids, max_tokens = fit_context(
+                self.tokenizer.encode(prompt), job.max_tokens, self.engine.block_size
+            )
             request = GenerationRequest(
                 tuple(ids),
-                job.max_tokens,
+                max_tokens,
                 temperature=job.temperature,
                 top_p=job.top_p,
                 seed=job.seed,
