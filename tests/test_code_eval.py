@@ -43,11 +43,13 @@ def test_pass_at_k_is_the_unbiased_estimator(n, c, k, expected):
 def test_a_short_context_keeps_the_prompt_whole_and_shortens_the_answer():
     prompt = list(range(300))
     assert fit_context(prompt, 256, 1024) == (prompt, 256)  # room for both
-    assert fit_context(prompt, 256, 512) == (prompt, 212)  # the instructions stay, the answer shrinks
+    assert fit_context(prompt, 256, 512) == (
+        prompt,
+        212,
+    )  # the instructions stay, the answer shrinks
     ids, budget = fit_context(prompt, 256, 320)  # under 64 tokens left: the start goes
     assert budget == 64 and ids == prompt[-256:]
     assert fit_context(prompt, 16, 310) == (prompt[-294:], 16)  # a short answer, whole
-
 
 
 def test_mean_pass_at_k_needs_k_samples_everywhere():
