@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from raygpt.release.code_eval import fit_context
+from raygpt.release.code_eval import checkpoint_label, fit_context
 from raygpt.release.humaneval import (
     STOP_SEQUENCES,
     code_from_answer,
@@ -38,6 +38,12 @@ from .conftest import run_job
 )
 def test_pass_at_k_is_the_unbiased_estimator(n, c, k, expected):
     assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+
+
+def test_a_run_s_checkpoints_are_named_by_their_run():
+    assert checkpoint_label("runs/demo/final/") == "demo/final"
+    assert checkpoint_label("/x/runs/sweep_3/step_000010") == "sweep_3/step_000010"
+    assert checkpoint_label(".cache/models/smollm2-135m-instruct") == "smollm2-135m-instruct"
 
 
 def test_a_short_context_keeps_the_prompt_whole_and_shortens_the_answer():

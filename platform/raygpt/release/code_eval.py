@@ -128,6 +128,14 @@ class GenerationJob:
     seed: int | None
 
 
+def checkpoint_label(checkpoint: str) -> str:
+    """A table's name for a checkpoint: a run's final/ or step_000010/ says which run."""
+    name = os.path.basename(checkpoint.rstrip("/"))
+    if name in ("final", "int8") or name.startswith("step_"):
+        return f"{os.path.basename(os.path.dirname(checkpoint.rstrip('/')))}/{name}"
+    return name
+
+
 ANSWER_FLOOR = 64  # tokens: below this, a solution rarely fits, so the prompt's start goes
 
 
@@ -157,9 +165,7 @@ class EngineSource:
     ) -> None:
         self.checkpoint, self.quantize = checkpoint, quantize
         self.actors, self.cpus_per_actor = actors, cpus_per_actor
-        self.name = name or (
-            os.path.basename(checkpoint.rstrip("/")) + (" int8" if quantize else "")
-        )
+        self.name = name or checkpoint_label(checkpoint) + (" int8" if quantize else "")
         self.max_context = max_context
         self._chat = None
 
