@@ -23,6 +23,7 @@ in a virtual environment of its own, never in raygpt's:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -37,7 +38,7 @@ from pathlib import Path
 import httpx
 import torch
 
-from raygpt.checkpoint import CheckpointMeta, save_checkpoint
+from raygpt.checkpoint import CheckpointMeta, export_hf, save_checkpoint
 from raygpt.cli import JobParser
 from raygpt.config import load_experiment
 from raygpt.model import GPT
@@ -56,13 +57,12 @@ class RequestTiming:
 class Load:
     """The requests every server gets: the same prompt tokens, length and sampling."""
 
-    model: str
     prompt: list[int]
     max_tokens: int
 
-    def body(self) -> dict:
+    def body(self, model: str) -> dict:
         return {
-            "model": self.model,
+            "model": model,
             "prompt": self.prompt,  # token ids: both servers see exactly the same prompt
             "max_tokens": self.max_tokens,
             "temperature": 0.8,
@@ -72,8 +72,8 @@ class Load:
         }
 
 
-async def one_request(client: httpx.AsyncClient, load: Load) -> RequestTiming:
-    body, max_tokens = load.body(), load.max_tokens
+async def one_request(client: httpx.AsyncClient, model: str, load: Load) -> RequestTiming:
+    body, max_tokens = load.body(model), load.max_tokens
     timing = RequestTiming(time.perf_counter())
     try:
         async with client.stream("POST", "/v1/completions", json=body) as response:
@@ -94,12 +94,12 @@ async def one_request(client: httpx.AsyncClient, load: Load) -> RequestTiming:
     return timing
 
 
-async def run_level(url: str, concurrency: int, requests_each: int, load: Load):
+async def run_level(url: str, model: str, concurrency: int, requests_each: int, load: Load):
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
 
         async def worker() -> list[RequestTiming]:
-            return [await one_request(client, load) for _ in range(requests_each)]
+            return [await one_request(client, model, load) for _ in range(requests_each)]
 
         start = time.perf_counter()
         results = await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -130,13 +130,12 @@ def summarize(timings: list[RequestTiming], wall: float) -> dict[str, float]:
 def measure(url: str, levels: list[int], requests: int, load: Load) -> list[tuple[int, dict]]:
     """Each concurrency in turn against one server (its own model name), after a warm-up."""
     model = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
-    load = Load(model, load.prompt, load.max_tokens)
-    warm = Load(model, load.prompt, 8)
-    asyncio.run(run_level(url, 2, 2, warm))  # connections, first chunks, compiled shapes
+    warm = Load(load.prompt, 8)
+    asyncio.run(run_level(url, model, 2, 2, warm))  # connections, first chunks, compiled shapes
     rows = []
     for concurrency in levels:
         each = max(1, round(requests / concurrency))
-        timings, wall = asyncio.run(run_level(url, concurrency, each, load))
+        timings, wall = asyncio.run(run_level(url, model, concurrency, each, load))
         rows.append((concurrency, summarize(timings, wall)))
         print(f"  concurrency {concurrency}: {rows[-1][1]['tokens_per_s']:.0f} tokens/s")
     return rows
@@ -200,6 +199,7 @@ def main() -> None:
 
     from ray import serve
 
+    from raygpt.checkpoint import load_model
     from raygpt.inference.load import checkpoint_tokenizer
     from raygpt.ray_runtime import init_ray
     from serve_apps.app import build_app
@@ -208,8 +208,8 @@ def main() -> None:
         checkpoint = str(args.checkpoint or random_tiny_cpu_model(Path(tmp)))
         torch.set_num_threads(args.threads)
         in_process = engine_rates(checkpoint, args.quantize, levels, args.max_tokens)
-        _, meta = load_model_meta(checkpoint)
-        load = Load("", checkpoint_tokenizer(meta).encode(PROMPT), args.max_tokens)
+        model, meta = load_model(checkpoint)  # the tokenizer, and vLLM's export
+        load = Load(checkpoint_tokenizer(meta).encode(PROMPT), args.max_tokens)
         init_ray(num_cpus=4)
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         settings = {
@@ -226,7 +226,8 @@ def main() -> None:
         rows = {"raygpt": measure(f"http://127.0.0.1:{args.port}", levels, args.requests, load)}
         serve.shutdown()
         if args.vllm:
-            with VllmServer(args.vllm, checkpoint, Path(tmp), args.port + 1, args) as url:
+            vllm = VllmServer(args.vllm, export_hf(model, meta, Path(tmp) / "hf"), args.port + 1)
+            with vllm.running(args.threads, args.max_slots) as url:
                 print("vLLM (float32):")
                 rows["vllm"] = measure(url, levels, args.requests, load)
 
@@ -266,24 +267,18 @@ def main() -> None:
     print("model and requests in this process, no HTTP.")
 
 
-def load_model_meta(checkpoint: str):
-    from raygpt.checkpoint import load_model
-
-    return load_model(checkpoint)
-
-
 class VllmServer:
-    """vLLM's OpenAI server on the checkpoint, exported as an HF folder, in its own process
-    (and its own virtual environment); fp32 and the same torch threads as raygpt's replica."""
+    """vLLM's OpenAI server on an HF folder, in its own process (and its own virtual
+    environment), fp32 and the same torch threads as raygpt's replica."""
 
-    def __init__(self, python: str, checkpoint: str, tmp: Path, port: int, args) -> None:
-        from raygpt.checkpoint import export_hf
+    def __init__(self, python: str, folder: Path, port: int) -> None:
+        self.python, self.folder, self.port = python, folder, port
+        self.log = folder.parent / "vllm.log"
 
-        model, meta = load_model_meta(checkpoint)
-        self.folder = export_hf(model, meta, tmp / "hf")
-        self.port, self.log = port, tmp / "vllm.log"
-        self.command = [
-            python,
+    @contextlib.contextmanager
+    def running(self, threads: int, max_seqs: int):
+        command = [
+            self.python,
             "-m",
             "vllm.entrypoints.openai.api_server",
             "--model",
@@ -293,41 +288,41 @@ class VllmServer:
             "--dtype",
             "float32",
             "--port",
-            str(port),
+            str(self.port),
             "--max-num-seqs",
-            str(args.max_slots),
+            str(max_seqs),
         ]
         if not (self.folder / "tokenizer.json").exists():  # e.g. GPT-2's BPE lives in tiktoken
-            self.command.append("--skip-tokenizer-init")
-        self.env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        self.env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB
-
-    def __enter__(self) -> str:
+            command.append("--skip-tokenizer-init")
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB
         print(f"starting vLLM ({self.log}) ...")
-        self.process = subprocess.Popen(
-            self.command, stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=self.env
+        process = subprocess.Popen(
+            command, stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env
         )
+        try:
+            yield self._ready(process)
+        finally:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def _ready(self, process: subprocess.Popen) -> str:
         url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if process.poll() is not None:
                 tail = self.log.read_text()[-2000:]
-                raise SystemExit(f"vLLM exited with {self.process.returncode}:\n{tail}")
+                raise SystemExit(f"vLLM exited with {process.returncode}:\n{tail}")
             try:
                 if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
                     return url
             except httpx.HTTPError:
                 pass
             time.sleep(2)
-        self.__exit__()
         raise SystemExit(f"vLLM did not answer within 900 s (see {self.log})")
-
-    def __exit__(self, *exc) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
 
 
 def random_tiny_cpu_model(directory: Path) -> Path:

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from raygpt import storage
 from raygpt.errors import RaygptError
 from raygpt.inference.http_client import ServiceClient
 from raygpt.release.humaneval import (
@@ -130,9 +131,9 @@ class GenerationJob:
 
 def checkpoint_label(checkpoint: str) -> str:
     """A table's name for a checkpoint: a run's final/ or step_000010/ says which run."""
-    name = os.path.basename(checkpoint.rstrip("/"))
+    name = storage.name_of(checkpoint)
     if name in ("final", "int8") or name.startswith("step_"):
-        return f"{os.path.basename(os.path.dirname(checkpoint.rstrip('/')))}/{name}"
+        return f"{storage.name_of(storage.parent_of(checkpoint))}/{name}"
     return name
 
 
