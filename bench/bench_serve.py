@@ -8,6 +8,7 @@ per token: a chunk carrying k tokens after a gap g counts k gaps of g/k), errors
 speed-up over a single stream, all in one run on the same replica.
 
     python bench/bench_serve.py                       # tiny_cpu's shape, random weights
+    python bench/bench_serve.py --random gpt2-124m    # GPT-2 124M's shape, random weights
     python bench/bench_serve.py --checkpoint runs/tiny_cpu/final --concurrency 1,8,32
 
 With `--vllm PYTHON`, the same requests also go to vLLM's OpenAI server started from that
@@ -40,7 +41,7 @@ import torch
 
 from raygpt.checkpoint import CheckpointMeta, export_hf, save_checkpoint
 from raygpt.cli import JobParser
-from raygpt.config import load_experiment
+from raygpt.config import ModelConfig, load_experiment
 from raygpt.model import GPT
 
 PROMPT = "import json\nimport os\n\n\ndef load_settings(path):\n    "
@@ -168,6 +169,7 @@ def engine_rates(checkpoint: str, quantize: str, levels: list[int], max_tokens: 
             max_slots=max(levels),
             max_context=served.max_context,
             compile_decode=served.compile_decode,
+            max_prefill_tokens=served.max_prefill_tokens,
         )
         done: list[int] = []
         for seed in range(n):
@@ -184,7 +186,13 @@ def engine_rates(checkpoint: str, quantize: str, levels: list[int], max_tokens: 
 
 def main() -> None:
     parser = JobParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", help="default: configs/tiny_cpu.yaml's shape, random")
+    parser.add_argument("--checkpoint", help="a model to serve (default: --random's)")
+    parser.add_argument(
+        "--random",
+        default="tiny_cpu",
+        choices=sorted(RANDOM_MODELS),
+        help="without --checkpoint: this shape with random weights (speed does not depend on them)",
+    )
     parser.add_argument("--concurrency", default="1,4,16,32")
     parser.add_argument("--requests", type=int, default=64, help="requests per level (about)")
     parser.add_argument("--max-tokens", type=int, default=96)
@@ -205,7 +213,7 @@ def main() -> None:
     from serve_apps.app import build_app
 
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = str(args.checkpoint or random_tiny_cpu_model(Path(tmp)))
+        checkpoint = str(args.checkpoint or random_model(args.random, Path(tmp)))
         torch.set_num_threads(args.threads)
         in_process = engine_rates(checkpoint, args.quantize, levels, args.max_tokens)
         model, meta = load_model(checkpoint)  # the tokenizer, and vLLM's export
@@ -232,7 +240,7 @@ def main() -> None:
                 rows["vllm"] = measure(url, levels, args.requests, load)
 
     print(
-        f"\n{Path(checkpoint).name if args.checkpoint else 'tiny_cpu shape (random)'}, "
+        f"\n{Path(checkpoint).name if args.checkpoint else f'{args.random} shape (random)'}, "
         f"raygpt {args.quantize}, 1 replica, {args.max_slots} slots, {args.threads} torch "
         f"thread(s), {args.max_tokens} tokens per request, chunks every "
         f"{args.stream_interval}s, CPU {platform.machine()}, torch {torch.__version__}"
@@ -325,12 +333,24 @@ class VllmServer:
         raise SystemExit(f"vLLM did not answer within 900 s (see {self.log})")
 
 
-def random_tiny_cpu_model(directory: Path) -> Path:
-    """configs/tiny_cpu.yaml's model with random weights: speed does not depend on them."""
+def tiny_cpu_shape() -> tuple[ModelConfig, str]:
     config = load_experiment(Path(__file__).parents[1] / "configs" / "tiny_cpu.yaml").model
     config.vocab_size = 257  # byte tokens
+    return config, "byte"
+
+
+def gpt2_124m_shape() -> tuple[ModelConfig, str]:
+    return ModelConfig(activation="gelu_tanh"), "gpt2"  # the defaults are GPT-2 124M's
+
+
+RANDOM_MODELS = {"tiny_cpu": tiny_cpu_shape, "gpt2-124m": gpt2_124m_shape}
+
+
+def random_model(shape: str, directory: Path) -> Path:
+    """A checkpoint of this shape with random weights: speed does not depend on them."""
+    config, tokenizer = RANDOM_MODELS[shape]()
     torch.manual_seed(0)
-    return save_checkpoint(directory / "tiny_cpu", GPT(config), CheckpointMeta(config, "byte"))
+    return save_checkpoint(directory / shape, GPT(config), CheckpointMeta(config, tokenizer))
 
 
 if __name__ == "__main__":

@@ -74,6 +74,7 @@ class Generator:
             self.settings.max_queue,
             self.settings.max_context,
             compile_decode=self.settings.compile_decode,
+            max_prefill_tokens=self.settings.max_prefill_tokens,
         ).start(threads)
         if not self._warm_up() and self.engine.compile_decode:
             # torch.compile needs a C++ compiler on CPU: without one, decode eagerly

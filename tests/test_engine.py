@@ -16,6 +16,7 @@ from raygpt.inference.engine import (
 )
 from raygpt.inference.text_stream import TextStream
 from raygpt.model import GPT
+from raygpt.model.gpt import PackedPrompts
 from raygpt.model.int8 import quantize_model
 from raygpt.model.kv_cache import KVCache
 from raygpt.tokenizer import get_tokenizer
@@ -74,6 +75,49 @@ def test_per_row_positions_match_one_row_at_a_time():
 
 
 MODERN = {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 2}
+
+
+@pytest.mark.parametrize("block", [{}, MODERN], ids=["gpt2", "modern"])
+def test_packed_prompts_match_one_prompt_at_a_time(block):
+    """Prefill of several prompts in one pass (the engine's admission): each prompt's logits
+    and cached keys and values are those of a pass of its own."""
+    model = byte_model(**block)
+    lengths, rows = [5, 9, 2], [2, 0, 1]
+    prompts = [torch.randint(0, 256, (1, n)) for n in lengths]
+    alone_cache, packed_cache = (KVCache(model.config, 3) for _ in range(2))
+    with torch.no_grad():
+        alone = [
+            model(p, cache=alone_cache.rows(r, r + 1), last_logits_only=True)[0]
+            for p, r in zip(prompts, rows, strict=True)
+        ]
+        packed, _ = model(
+            torch.cat(prompts, dim=1),
+            cache=packed_cache,
+            start_pos=PackedPrompts(lengths, rows, torch.device("cpu")),
+        )
+    assert packed.shape == (3, 1, model.config.padded_vocab_size)
+    for i, (n, r) in enumerate(zip(lengths, rows, strict=True)):
+        torch.testing.assert_close(packed[i], alone[i][0], atol=1e-5, rtol=1e-5)
+        for layer in range(model.config.n_layer):
+            for a, b in zip(alone_cache.layer(layer), packed_cache.layer(layer), strict=True):
+                torch.testing.assert_close(b[r, :, :n], a[r, :, :n], atol=1e-5, rtol=1e-5)
+
+
+def test_a_step_prefills_up_to_its_token_budget():
+    """Queued prompts join in one pass until the budget; the rest wait for the next step."""
+    model = byte_model()
+    requests = [greedy("0123456789", 30) for _ in range(4)]
+    engine = GenerationEngine(model, BYTES, max_slots=4, max_prefill_tokens=25)
+    for request in requests:
+        engine.submit(request, lambda update: None)
+    engine.step()
+    assert (engine.stats().active, engine.stats().queued) == (2, 2)
+    engine.step()
+    assert (engine.stats().active, engine.stats().queued) == (4, 0)
+    alone = GenerationEngine(model, BYTES, max_slots=4, max_prefill_tokens=5)
+    alone.submit(requests[0], lambda update: None)  # longer than the budget: admitted alone
+    alone.step()
+    assert alone.stats().active == 1
 
 
 @pytest.mark.parametrize(
@@ -242,7 +286,7 @@ def test_a_failing_row_ends_alone():
 
 def test_a_broken_model_makes_the_engine_unhealthy_and_requests_end():
     model = byte_model()
-    engine = GenerationEngine(model, BYTES, max_slots=2)
+    engine = GenerationEngine(model, BYTES, max_slots=1)  # a forward pass per request
     assert engine.health().healthy
     engine.cache.keys.clear()  # every forward pass now fails (no cache for layer 0)
     results = run_all(engine, [greedy("abc", 5), greedy("def", 5), greedy("ghi", 5)])

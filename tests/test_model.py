@@ -5,7 +5,7 @@ from raygpt.checkpoint import load_model
 from raygpt.config import ModelConfig
 from raygpt.model import GPT
 from raygpt.model.kv_cache import KVCache
-from raygpt.model.sampling import sample_next_token
+from raygpt.model.sampling import invert_cdf, sample_next_token
 
 SMALL = ModelConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=300, bias=False)
 
@@ -107,6 +107,22 @@ def test_top_p_keeps_the_smallest_nucleus():
         int(sample_next_token(logits, top_p=0.4, generator=torch.Generator().manual_seed(0))) == 0
     )
     assert int(sample_next_token(logits, temperature=0)) == 0
+
+
+def test_sampling_draws_each_token_at_its_probability():
+    """Inverting the distribution at one uniform number per row: frequencies follow the
+    probabilities, a token of probability 0 never comes, and rows draw independently."""
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.15, 0.05], [0.0, 0.0, 0.0, 0.0, 1.0]])
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.stack(
+        [sample_next_token(probs.log(), generator=generator) for _ in range(20_000)]
+    )
+    frequencies = torch.bincount(draws[:, 0], minlength=5) / len(draws)
+    torch.testing.assert_close(frequencies, probs[0], atol=0.015, rtol=0)
+    assert frequencies[1] == 0
+    assert bool((draws[:, 1] == 4).all())
+    edge = invert_cdf(probs, torch.tensor([0.0, 1.0 - 2**-53], dtype=torch.float64))
+    assert edge.tolist() == [0, 4]  # the ends of [0, 1) land on tokens of probability > 0
 
 
 def test_crop_block_size():

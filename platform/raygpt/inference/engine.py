@@ -1,16 +1,18 @@
 """The generation engine: continuous batching over a fixed pool of KV-cache slots.
 
-One preallocated KVCache holds `max_slots` rows. A queued request is admitted into a free
-row by its prefill (its prompt in one forward pass, which also samples its first token);
-then every step decodes one token for all active rows together, each at its own position
-(`GPT.forward` with per-row positions). A row leaves the moment its request ends (stop
+One preallocated KVCache holds `max_slots` rows. Queued requests are admitted into free
+rows by their prefill: the prompts of all requests admitted in a step go through one
+forward pass, packed back to back (up to `max_prefill_tokens`), which also samples each
+one's first token. Then every step decodes one token for all active rows together, each at
+its own position (`GPT.forward` with per-row positions), and chooses every row's token in
+one pass (greedy or sampled, each row from its own seeded stream). A row leaves the moment its request ends (stop
 token, stop string, max_tokens, the context window, or a cancel), and the next step may
 admit a new one: short requests never wait for long ones. Active rows are kept compacted
 at the front of the cache (a leaving row is overwritten by the last one), so a step reads
 `cache[:n]` as a view and copies nothing.
 
-A failure ends only the requests it belongs to: a prefill, a sampling or a text-stream error
-ends its own row; only a failed batched forward pass ends every active row. The engine keeps
+A failure ends only the requests it belongs to: a failed prefill pass ends the requests it
+admitted, a text-stream error its own row; only a failed decode pass ends every active row. The engine keeps
 a health record (failing steps in a row, the time of its last finished step) that a replica
 reports, and a dead engine answers every waiting request with an error.
 
@@ -33,8 +35,9 @@ import torch
 from raygpt.errors import RequestError
 from raygpt.inference.text_stream import TextStream
 from raygpt.model import GPT
+from raygpt.model.gpt import PackedPrompts
 from raygpt.model.kv_cache import KVCache
-from raygpt.model.sampling import check_sampling, is_greedy, sample_next_token
+from raygpt.model.sampling import check_sampling, filter_logits, invert_cdf, is_greedy
 from raygpt.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -149,10 +152,13 @@ class GenerationEngine:
         max_queue: int = 1024,
         max_context: int | None = None,
         compile_decode: bool = False,
+        max_prefill_tokens: int = 1024,
     ) -> None:
         """`max_context` caps the context window below the model's (SmolLM2's 8192 tokens in
         32 slots would need a 12 GB cache): prompt and completion together fit in it.
-        `compile_decode` runs the decode steps' blocks compiled (GPT.compile_decode)."""
+        `compile_decode` runs the decode steps' blocks compiled (GPT.compile_decode).
+        `max_prefill_tokens` bounds the prompt tokens one step prefills (a longer prompt goes
+        alone): the rows already decoding wait for that pass."""
         if max_slots < 1:
             raise ValueError(f"max_slots must be >= 1, got {max_slots}")
         self.model = model.eval()
@@ -160,6 +166,7 @@ class GenerationEngine:
         self.tokenizer = tokenizer
         self.max_slots = max_slots
         self.max_queue = max_queue
+        self.max_prefill_tokens = max_prefill_tokens
         self.block_size = min(model.config.block_size, max_context or model.config.block_size)
         self.device, dtype = model.param_device_dtype
         self.cache = KVCache(model.config, max_slots, self.block_size, dtype, self.device)
@@ -299,41 +306,45 @@ class GenerationEngine:
                 self._queue = deque(kept)
             else:
                 dropped = []
-            admitted = []
+            admitted, tokens = [], 0
             while self._queue and len(self._slots) + len(admitted) < self.max_slots:
+                tokens += len(self._queue[0].request.prompt)
+                if admitted and tokens > self.max_prefill_tokens:
+                    break  # the next step admits it: a step's prefill stays bounded
                 admitted.append(self._queue.popleft())
         for sequence in dropped:
             self._finish_update(sequence, "cancelled")
         self._leave([i for i, s in enumerate(self._slots) if s.id in cancelled], "cancelled")
-        for sequence in admitted:
-            self._prefill(sequence)
+        if admitted:
+            self._prefill(admitted)
         if self._slots:
             self._decode()
         with self._lock:
             self._steps += 1
             self._last_step = time.monotonic()
 
-    def _prefill(self, sequence: _Sequence) -> None:
-        """Admit one request into the next free row; a failure ends this request alone."""
-        row = len(self._slots)
-        self._slots.append(sequence)
-        prompt = torch.tensor([sequence.request.prompt], dtype=torch.long, device=self.device)
-        logits = self._forward(
-            [row], prompt, cache=self.cache.rows(row, row + 1), start_pos=0, last_logits_only=True
-        )
+    def _prefill(self, sequences: list[_Sequence]) -> None:
+        """Admit requests into the next free rows with one forward pass over all their prompts
+        (packed, each attending to itself only); a failed pass ends these requests alone."""
+        first = len(self._slots)
+        rows = list(range(first, first + len(sequences)))
+        self._slots.extend(sequences)
+        prompts = [s.request.prompt for s in sequences]
+        tokens = torch.tensor([[t for p in prompts for t in p]], device=self.device)
+        if len(sequences) == 1:  # causal attention needs no mask
+            kwargs = dict(cache=self.cache.rows(first, first + 1), last_logits_only=True)
+        else:
+            lengths = [len(p) for p in prompts]
+            kwargs = dict(cache=self.cache, start_pos=PackedPrompts(lengths, rows, self.device))
+        logits = self._forward(rows, tokens, **kwargs)
         if logits is None:
             return
-        sequence.cached = prompt.shape[1]
-        try:
-            done = self._accept(sequence, self._sample_row(logits[0, -1], sequence))
-        except Exception as err:
-            self._fail([row], err)
-            return
-        if done:
-            self._leave([row])
+        for sequence in sequences:
+            sequence.cached = len(sequence.request.prompt)
+        self._accept_all(rows, self._choose(logits[:, -1], sequences))
 
     def _decode(self) -> None:
-        """One token for every active row, each sampled and accepted on its own."""
+        """One token for every active row, chosen together, accepted each on its own."""
         active = self._slots
         n = len(active)
         last = torch.tensor([[s.tokens[-1]] for s in active], dtype=torch.long, device=self.device)
@@ -351,22 +362,46 @@ class GenerationEngine:
             return
         for sequence in active:
             sequence.cached += 1
-        logits = logits[:, -1, : self.model.config.vocab_size]  # padded rows are never tokens
-        greedy = logits.argmax(dim=-1).tolist()
+        self._accept_all(list(range(n)), self._choose(logits[:, -1], active))
+
+    def _choose(self, logits: torch.Tensor, sequences: list[_Sequence]) -> list[int]:
+        """Every row's next token in one pass: greedy rows take the argmax, sampled rows
+        invert their distribution at a number drawn from their own generator, so a row gets
+        the same token alone or batched."""
+        logits = logits[:, : self.model.config.vocab_size]  # padded rows are never tokens
+        tokens = logits.argmax(dim=-1)
+        sampled = [i for i, s in enumerate(sequences) if s.generator is not None]
+        if sampled:
+            requests = [sequences[i].request for i in sampled]
+            index = torch.tensor(sampled, device=self.device)
+            temperature = torch.tensor([r.temperature for r in requests], device=self.device)
+            tempered = logits[index].float() / temperature[:, None]
+            for j, r in enumerate(requests):
+                if r.top_k or (r.top_p is not None and r.top_p < 1):
+                    tempered[j] = filter_logits(tempered[j : j + 1], r.top_k, r.top_p)[0]
+            uniforms = torch.cat(
+                [
+                    torch.rand(
+                        1, generator=sequences[i].generator, dtype=torch.float64, device=self.device
+                    )
+                    for i in sampled
+                ]
+            )
+            tokens[index] = invert_cdf(torch.softmax(tempered, dim=-1), uniforms)
+        return tokens.tolist()
+
+    def _accept_all(self, rows: list[int], tokens: list[int]) -> None:
+        """Accept each row's token; a row whose own handling fails ends alone."""
         ended, failed = [], []
-        for i, sequence in enumerate(active):
+        for row, token in zip(rows, tokens, strict=True):
             try:
-                if is_greedy(sequence.request.temperature):
-                    token = greedy[i]
-                else:
-                    token = self._sample_row(logits[i], sequence)
-                if self._accept(sequence, token):
-                    ended.append(i)
+                if self._accept(self._slots[row], token):
+                    ended.append(row)
             except Exception as err:  # this row's own failure
-                failed.append((i, err))
-        for i, err in failed:
-            self._report_failure(active[i], err)
-        self._leave(ended + [i for i, _ in failed])
+                failed.append((row, err))
+        for row, err in failed:
+            self._report_failure(self._slots[row], err)
+        self._leave(ended + [row for row, _ in failed])
 
     def _forward(self, rows: list[int], tokens: torch.Tensor, **kwargs) -> torch.Tensor | None:
         """The model on these rows; None when it fails, which ends every one of them."""
@@ -380,15 +415,6 @@ class GenerationEngine:
         with self._lock:
             self._failed_forwards = 0
         return logits
-
-    def _sample_row(self, logits: torch.Tensor, sequence: _Sequence) -> int:
-        """One token for one row, with its own request's settings and random stream."""
-        request = sequence.request
-        logits = logits[: self.model.config.vocab_size].unsqueeze(0)
-        token = sample_next_token(
-            logits, request.temperature, request.top_k, request.top_p, sequence.generator
-        )
-        return int(token[0])
 
     def _accept(self, sequence: _Sequence, token: int) -> bool:
         """Record a sampled token and send its text; True when the request is finished."""

@@ -52,6 +52,24 @@ class RowPositions:
         self.mask = (keys <= positions[:, None])[:, None, None, :]  # (B, 1, 1, end)
 
 
+class PackedPrompts:
+    """Several whole prompts in one forward pass (the engine's prefill of every request it
+    admits in a step): `idx` is (1, L), the prompts back to back. Prompt i fills cache row
+    `rows[i]` from position 0 and attends causally within itself only (a block-diagonal
+    mask), so each gets what a pass of its own gives it, at one matmul per weight for all."""
+
+    def __init__(self, lengths: list[int], rows: list[int], device: torch.device) -> None:
+        length = torch.tensor(lengths, device=device)
+        prompt = torch.repeat_interleave(torch.arange(len(lengths), device=device), length)
+        starts = length.cumsum(0) - length
+        self.rows = torch.tensor(rows, device=device)[prompt]  # (L,): each token's cache row
+        self.positions = torch.arange(int(length.sum()), device=device) - starts[prompt]
+        self.last = starts + length - 1  # each prompt's last token: where its logits are read
+        self.end = max(lengths)
+        same = prompt[:, None] == prompt[None, :]
+        self.mask = same & (self.positions[:, None] >= self.positions[None, :])  # (L, L)
+
+
 @functools.cache
 def compiled_block_forward():
     """Block._forward compiled once for every block of every model: one graph per decode
@@ -103,7 +121,7 @@ class CausalSelfAttention(nn.Module):
         self,
         x: torch.Tensor,
         cache: LayerCache | None,
-        start_pos: int | RowPositions,
+        start_pos: int | RowPositions | PackedPrompts,
         rotation: Rotation | None,
     ) -> torch.Tensor:
         B, T, C = x.shape
@@ -114,7 +132,12 @@ class CausalSelfAttention(nn.Module):
         if rotation is not None:
             q, k = rotate(q, rotation), rotate(k, rotation)
         mask, causal = None, True
-        if isinstance(start_pos, RowPositions):  # one new token per row, each at its own position
+        if isinstance(start_pos, PackedPrompts):  # attention sees only the new keys
+            cache_k, cache_v = cache
+            cache_k[start_pos.rows, :, start_pos.positions] = k[0].transpose(0, 1)
+            cache_v[start_pos.rows, :, start_pos.positions] = v[0].transpose(0, 1)
+            mask, causal = start_pos.mask, False
+        elif isinstance(start_pos, RowPositions):  # one new token per row, each at its own position
             cache_k, cache_v = cache
             cache_k[start_pos.rows, :, start_pos.positions] = k[:, :, 0]
             cache_v[start_pos.rows, :, start_pos.positions] = v[:, :, 0]
@@ -176,7 +199,7 @@ class Block(nn.Module):
         self,
         x: torch.Tensor,
         cache: LayerCache | None = None,
-        start_pos: int | RowPositions = 0,
+        start_pos: int | RowPositions | PackedPrompts = 0,
         rotation: Rotation | None = None,
     ) -> torch.Tensor:
         if self.activation_checkpointing and self.training and cache is None:
@@ -187,7 +210,7 @@ class Block(nn.Module):
         self,
         x: torch.Tensor,
         cache: LayerCache | None,
-        start_pos: int | RowPositions,
+        start_pos: int | RowPositions | PackedPrompts,
         rotation: Rotation | None,
     ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, start_pos, rotation)
@@ -265,7 +288,7 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         *,
         cache: KVCache | None = None,
-        start_pos: int | torch.Tensor = 0,
+        start_pos: int | torch.Tensor | PackedPrompts = 0,
         last_logits_only: bool = False,
         attend_to: int | None = None,
         compiled: bool = False,
@@ -278,10 +301,17 @@ class GPT(nn.Module):
         different lengths together: continuous batching; every row then reads the first
         `attend_to` cache positions (at least the longest row's, default: read off start_pos),
         and `compiled` runs the blocks through compiled_block_forward (the first step of each
-        shape family compiles, seconds). Targets of -1 are ignored.
+        shape family compiles, seconds). With PackedPrompts, `idx` (1, L) holds several
+        prompts and the logits are each one's last: (prompts, 1, vocab). Targets of -1 are
+        ignored.
         """
         B, T = idx.shape
-        if isinstance(start_pos, torch.Tensor):
+        if isinstance(start_pos, PackedPrompts):
+            if cache is None or B != 1 or start_pos.positions.shape != (T,):
+                raise ValueError("packed prompts need a cache and one (1, L) row of tokens")
+            last = start_pos.end - 1
+            pos = start_pos.positions
+        elif isinstance(start_pos, torch.Tensor):
             if cache is None or T != 1 or start_pos.shape != (B,):
                 raise ValueError(
                     "per-row positions need a cache, one token per row, (B,) positions"
@@ -315,7 +345,9 @@ class GPT(nn.Module):
                 logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1
             )
             return logits, loss
-        if last_logits_only:
+        if isinstance(start_pos, PackedPrompts):
+            x = x[0, start_pos.last, None]  # (prompts, 1, C)
+        elif last_logits_only:
             x = x[:, -1:, :]
         return self.lm_head(x), None
 

@@ -4,7 +4,7 @@ torchao's `quantize_` quantizes every nn.Linear (and the tied embedding / output
 largest matrix of all). The int8 values and per-output-channel scales then live in
 `Int8Linear` modules whose matmul suits the device:
 
-- batch-1/small-batch decode on CPU: one fused, compiled dequantize-and-reduce kernel that
+- decode on CPU, up to SMALL_BATCH rows: one fused, compiled dequantize-and-reduce kernel that
   reads the int8 weights once (batch-1 decode is bound by reading weights: int8 reads 4x
   fewer bytes than fp32);
 - larger batches, and GPUs: x @ int8.to(x.dtype).T * scale, gpt-fast's form, which
@@ -30,7 +30,11 @@ WEIGHT_ONLY = "int8-weight-only"
 # torchao's dynamic-activation int8 measured slower at batch-1 decode on CPU and on its
 # matmuls (BENCHMARKS.md), so weight-only is the method on both targets for now.
 METHODS = (WEIGHT_ONLY,)
-SMALL_BATCH = 16  # rows up to which the fused CPU kernel beats dequantize-then-matmul
+# Rows up to which the fused CPU kernel beats dequantize-then-matmul: at 32 rows (the
+# service's default slots) a compiled SmolLM2 decode step takes 118-134 ms with it and
+# 175-208 ms dequantizing (fp32: 166-203 ms), as writing every fp32 weight out and reading it
+# back costs more memory traffic than fp32 weights themselves. Prefills stay above it.
+SMALL_BATCH = 32
 
 
 def _int8_matvec(x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
