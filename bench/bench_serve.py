@@ -150,14 +150,16 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-def engine_rates(checkpoint: str, quantize: str, levels: list[int], max_tokens: int) -> dict:
+def engine_rates(
+    checkpoint: str, quantize: str, dtype: str, levels: list[int], max_tokens: int
+) -> dict:
     """The same model in this process, no HTTP: the engine's own tokens/s per concurrency,
     i.e. what continuous batching gives before the serving path takes its share."""
     from raygpt.inference.engine import GenerationEngine, GenerationRequest
     from raygpt.inference.load import checkpoint_tokenizer, load_for_serving
     from serve_apps.settings import ServeSettings
 
-    model, meta = load_for_serving(checkpoint, int8=quantize == "int8")
+    model, meta = load_for_serving(checkpoint, int8=quantize == "int8", dtype=getattr(torch, dtype))
     tokenizer = checkpoint_tokenizer(meta)
     prompt = tuple(tokenizer.encode(PROMPT))
     served = ServeSettings(checkpoint=checkpoint)  # the service's own context and compile
@@ -197,6 +199,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64, help="requests per level (about)")
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--quantize", default="int8", choices=["int8", "none"])
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"], help="with --quantize none"
+    )
     parser.add_argument("--max-slots", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the replica")
     parser.add_argument("--stream-interval", type=float, default=0.1, help="seconds per chunk")
@@ -215,7 +220,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = str(args.checkpoint or random_model(args.random, Path(tmp)))
         torch.set_num_threads(args.threads)
-        in_process = engine_rates(checkpoint, args.quantize, levels, args.max_tokens)
+        in_process = engine_rates(checkpoint, args.quantize, args.dtype, levels, args.max_tokens)
         model, meta = load_model(checkpoint)  # the tokenizer, and vLLM's export
         load = Load(checkpoint_tokenizer(meta).encode(PROMPT), args.max_tokens)
         init_ray(num_cpus=4)
@@ -223,6 +228,7 @@ def main() -> None:
         settings = {
             "checkpoint": checkpoint,
             "quantize": args.quantize,
+            "dtype": args.dtype,
             "max_slots": args.max_slots,
             "torch_threads": args.threads,
             "stream_interval_s": args.stream_interval,
@@ -235,13 +241,13 @@ def main() -> None:
         serve.shutdown()
         if args.vllm:
             vllm = VllmServer(args.vllm, export_hf(model, meta, Path(tmp) / "hf"), args.port + 1)
-            with vllm.running(args.threads, args.max_slots) as url:
-                print("vLLM (float32):")
+            with vllm.running(args.threads, args.max_slots, args.dtype) as url:
+                print(f"vLLM ({args.dtype}):")
                 rows["vllm"] = measure(url, levels, args.requests, load)
 
     print(
         f"\n{Path(checkpoint).name if args.checkpoint else f'{args.random} shape (random)'}, "
-        f"raygpt {args.quantize}, 1 replica, {args.max_slots} slots, {args.threads} torch "
+        f"raygpt {args.quantize if args.quantize == 'int8' else args.dtype}, 1 replica, {args.max_slots} slots, {args.threads} torch "
         f"thread(s), {args.max_tokens} tokens per request, chunks every "
         f"{args.stream_interval}s, CPU {platform.machine()}, torch {torch.__version__}"
     )
@@ -277,14 +283,14 @@ def main() -> None:
 
 class VllmServer:
     """vLLM's OpenAI server on an HF folder, in its own process (and its own virtual
-    environment), fp32 and the same torch threads as raygpt's replica."""
+    environment), in raygpt's float dtype and with the same torch threads as its replica."""
 
     def __init__(self, python: str, folder: Path, port: int) -> None:
         self.python, self.folder, self.port = python, folder, port
         self.log = folder.parent / "vllm.log"
 
     @contextlib.contextmanager
-    def running(self, threads: int, max_seqs: int):
+    def running(self, threads: int, max_seqs: int, dtype: str):
         command = [
             self.python,
             "-m",
@@ -294,7 +300,7 @@ class VllmServer:
             "--served-model-name",
             "bench",
             "--dtype",
-            "float32",
+            dtype,
             "--port",
             str(self.port),
             "--max-num-seqs",

@@ -150,6 +150,17 @@ def test_batched_greedy_equals_each_request_alone(block, int8, compiled):
         assert "".join(u.text for u in updates) == BYTES.decode(expected)
 
 
+def test_many_int8_rows_decode_as_each_alone():
+    """Twenty rows at once: a packed prefill of twenty prompts, then INT8 decode steps of up
+    to twenty rows through the fused kernel (SMALL_BATCH) where alone takes one row."""
+    model = quantize_model(byte_model(block_size=128, **MODERN))
+    requests = [greedy(PROMPTS[i % 5] * (1 + i % 3), 8 + i) for i in range(20)]
+    results = run_all(GenerationEngine(model, BYTES, max_slots=32), requests)
+    for request, updates in zip(requests, results, strict=True):
+        expected = model.generate(torch.tensor([request.prompt]), request.max_tokens, temperature=0)
+        assert tokens_of(updates) == expected[0, len(request.prompt) :].tolist()
+
+
 def test_seeded_sampling_is_the_same_alone_and_batched():
     model = byte_model()
     sampled = [
