@@ -247,8 +247,9 @@ def main() -> None:
 
     print(
         f"\n{Path(checkpoint).name if args.checkpoint else f'{args.random} shape (random)'}, "
-        f"raygpt {args.quantize if args.quantize == 'int8' else args.dtype}, 1 replica, {args.max_slots} slots, {args.threads} torch "
-        f"thread(s), {args.max_tokens} tokens per request, chunks every "
+        f"raygpt {args.quantize if args.quantize == 'int8' else args.dtype}, 1 replica, "
+        f"{args.max_slots} slots, {args.threads} torch thread(s), "
+        f"{args.max_tokens} tokens per request, chunks every "
         f"{args.stream_interval}s, CPU {platform.machine()}, torch {torch.__version__}"
     )
     print(

@@ -5,16 +5,17 @@ rows by their prefill: the prompts of all requests admitted in a step go through
 forward pass, packed back to back (up to `max_prefill_tokens`), which also samples each
 one's first token. Then every step decodes one token for all active rows together, each at
 its own position (`GPT.forward` with per-row positions), and chooses every row's token in
-one pass (greedy or sampled, each row from its own seeded stream). A row leaves the moment its request ends (stop
-token, stop string, max_tokens, the context window, or a cancel), and the next step may
-admit a new one: short requests never wait for long ones. Active rows are kept compacted
+one pass (greedy or sampled, each row from its own seeded stream). A row leaves the moment
+its request ends (stop token, stop string, max_tokens, the context window, or a cancel),
+and the next step may admit a new one: short requests never wait for long ones. Active rows are kept compacted
 at the front of the cache (a leaving row is overwritten by the last one), so a step reads
 `cache[:n]` as a view and copies nothing.
 
 A failure ends only the requests it belongs to: a failed prefill pass ends the requests it
-admitted, a text-stream error its own row; only a failed decode pass ends every active row. The engine keeps
-a health record (failing steps in a row, the time of its last finished step) that a replica
-reports, and a dead engine answers every waiting request with an error.
+admitted, a text-stream error its own row; only a failed decode pass ends every active row.
+The engine keeps a health record (failing steps in a row, the time of its last finished
+step) that a replica reports, and a dead engine answers every waiting request with an
+error.
 
 No Ray here: serve_apps/ runs this engine in a Serve replica; tests and benchmarks drive it
 directly. Updates go to a per-request callback on the engine's thread.
@@ -37,7 +38,7 @@ from raygpt.inference.text_stream import TextStream
 from raygpt.model import GPT
 from raygpt.model.gpt import PackedPrompts
 from raygpt.model.kv_cache import KVCache
-from raygpt.model.sampling import check_sampling, filter_logits, invert_cdf, is_greedy
+from raygpt.model.sampling import check_sampling, is_greedy, sample_rows
 from raygpt.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -372,22 +373,17 @@ class GenerationEngine:
         tokens = logits.argmax(dim=-1)
         sampled = [i for i, s in enumerate(sequences) if s.generator is not None]
         if sampled:
-            requests = [sequences[i].request for i in sampled]
+            settings = [
+                (r.temperature, r.top_k, r.top_p) for r in (sequences[i].request for i in sampled)
+            ]
+            uniforms = [
+                torch.rand(
+                    1, generator=sequences[i].generator, dtype=torch.float64, device=self.device
+                )
+                for i in sampled
+            ]
             index = torch.tensor(sampled, device=self.device)
-            temperature = torch.tensor([r.temperature for r in requests], device=self.device)
-            tempered = logits[index].float() / temperature[:, None]
-            for j, r in enumerate(requests):
-                if r.top_k or (r.top_p is not None and r.top_p < 1):
-                    tempered[j] = filter_logits(tempered[j : j + 1], r.top_k, r.top_p)[0]
-            uniforms = torch.cat(
-                [
-                    torch.rand(
-                        1, generator=sequences[i].generator, dtype=torch.float64, device=self.device
-                    )
-                    for i in sampled
-                ]
-            )
-            tokens[index] = invert_cdf(torch.softmax(tempered, dim=-1), uniforms)
+            tokens[index] = sample_rows(logits[index], settings, torch.cat(uniforms))
         return tokens.tolist()
 
     def _accept_all(self, rows: list[int], tokens: list[int]) -> None:

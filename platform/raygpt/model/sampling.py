@@ -45,11 +45,26 @@ def sample_next_token(
     check_sampling(temperature, top_k, top_p)
     if is_greedy(temperature):
         return logits.argmax(dim=-1)
-    probs = torch.softmax(filter_logits(logits.float() / temperature, top_k, top_p), dim=-1)
     uniforms = torch.rand(
         logits.shape[0], generator=generator, dtype=torch.float64, device=logits.device
     )
-    return invert_cdf(probs, uniforms)
+    return sample_rows(logits, [(temperature, top_k, top_p)] * logits.shape[0], uniforms)
+
+
+Setting = tuple[float, int | None, float | None]  # temperature (not greedy), top_k, top_p
+
+
+def sample_rows(
+    logits: torch.Tensor, settings: list[Setting], uniforms: torch.Tensor
+) -> torch.Tensor:
+    """Row b of `logits` sampled with its own settings at `uniforms[b]`: one softmax and one
+    inversion for every row (the engine's rows each have their own request's settings)."""
+    temperature = torch.tensor([t for t, _, _ in settings], device=logits.device)
+    tempered = logits.float() / temperature[:, None]
+    for b, (_, top_k, top_p) in enumerate(settings):
+        if top_k or (top_p is not None and top_p < 1):
+            tempered[b] = filter_logits(tempered[b : b + 1], top_k, top_p)[0]
+    return invert_cdf(torch.softmax(tempered, dim=-1), uniforms)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
