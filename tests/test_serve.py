@@ -38,7 +38,9 @@ def service(ray_session, trained_tiny, tmp_path_factory):
 
     long_context = tmp_path_factory.mktemp("long_context")
     torch.manual_seed(0)
-    config = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=4096, vocab_size=257)
+    # 4 layers: one layer made 4000 tokens in 0.9-1.7 s on this 2-core box, around the
+    # 1.5 s timeout (a 200 instead of a 504 in a clean-clone run); four take about 4.7 s.
+    config = ModelConfig(n_layer=4, n_head=2, n_embd=32, block_size=4096, vocab_size=257)
     save_checkpoint(long_context, GPT(config), CheckpointMeta(model=config, tokenizer="byte"))
 
     serve.start(http_options={"host": "127.0.0.1", "port": 8000})
