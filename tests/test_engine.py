@@ -19,6 +19,7 @@ from raygpt.model import GPT
 from raygpt.model.gpt import PackedPrompts
 from raygpt.model.int8 import quantize_model
 from raygpt.model.kv_cache import KVCache
+from raygpt.model.packed_linear import PackedLinear
 from raygpt.tokenizer import get_tokenizer
 
 BYTES = get_tokenizer("byte")
@@ -121,22 +122,39 @@ def test_a_step_prefills_up_to_its_token_budget():
 
 
 @pytest.mark.parametrize(
-    ("block", "int8", "compiled"),
+    ("block", "weights", "compiled"),
     [
-        ({}, False, False),
-        ({}, True, False),
-        ({}, False, True),
-        ({}, True, True),
-        (MODERN, True, True),
+        ({}, "fp32", False),
+        ({}, "int8", False),
+        ({}, "fp32", True),
+        ({}, "int8", True),
+        (MODERN, "int8", True),
+        ({}, "packed", False),
+        (MODERN, "packed", True),
+        (MODERN, "packed-bf16", True),
     ],
-    ids=["fp32", "int8", "fp32-compiled", "int8-compiled", "modern-int8-compiled"],
+    ids=[
+        "fp32",
+        "int8",
+        "fp32-compiled",
+        "int8-compiled",
+        "modern-int8-compiled",
+        "packed",
+        "modern-packed-compiled",
+        "modern-packed-bf16-compiled",
+    ],
 )
-def test_batched_greedy_equals_each_request_alone(block, int8, compiled):
+def test_batched_greedy_equals_each_request_alone(block, weights, compiled):
     """Eager or compiled decode steps (compiled_block_forward), rows joining and leaving:
-    each request gets the tokens `generate` gives it alone."""
+    each request gets the tokens `generate` gives it alone. `packed` is how CPU serving lays
+    out float weights (GPT.use_decode_layout: oneDNN-packed matmuls)."""
     model = byte_model(**block)
-    if int8:
+    if weights == "int8":
         model = quantize_model(model)
+    elif weights.startswith("packed"):
+        model = model.to(torch.bfloat16 if weights.endswith("bf16") else torch.float32)
+        model.use_decode_layout()
+        assert isinstance(model.transformer.h[0].mlp.c_fc, PackedLinear)
     lengths = [12, 40, 3, 60, 25]
     requests = [greedy(p, n) for p, n in zip(PROMPTS, lengths, strict=True)]
     # Two slots for five requests: the rest queue and join as rows free up.

@@ -5,9 +5,11 @@ from raygpt.checkpoint import load_model
 from raygpt.config import ModelConfig
 from raygpt.model import GPT
 from raygpt.model.kv_cache import KVCache
+from raygpt.model.packed_linear import PackedLinear
 from raygpt.model.sampling import invert_cdf, sample_next_token
 
 SMALL = ModelConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=300, bias=False)
+MODERN = {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 2}
 
 
 def small_model(seed: int = 0, **overrides) -> GPT:
@@ -157,21 +159,35 @@ def test_training_step_with_dropout_reduces_loss():
     assert losses[-1] < losses[0] - 1.0
 
 
-def test_decode_layout_changes_memory_layout_not_results():
-    model = small_model()
+@pytest.mark.parametrize("block", [{}, MODERN], ids=["gpt2", "modern"])
+def test_decode_layout_packs_every_matmul_and_keeps_results(block):
+    """CPU serving packs each weight for oneDNN (tied head: a packed copy, the embedding
+    keeps the matrix): same logits, same greedy tokens, with and without the KV cache."""
+    model = small_model(**block)
     prompt = torch.randint(0, 300, (2, 5))
     idx = torch.randint(0, 300, (2, 30))
     with torch.no_grad():
         before_logits, _ = model(idx)
     before = model.generate(prompt, 30, temperature=0)
     model.use_decode_layout()
-    attn = model.transformer.h[0].attn.c_attn.weight
-    assert attn.t().is_contiguous() and not attn.is_contiguous()
-    assert model.lm_head.weight is model.transformer.wte.weight  # still tied
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears == [] and isinstance(model.lm_head, PackedLinear)
+    assert isinstance(model.transformer.wte, torch.nn.Embedding)
     with torch.no_grad():
         after_logits, _ = model(idx)
     assert torch.allclose(before_logits, after_logits, atol=1e-5)
     assert torch.equal(model.generate(prompt, 30, temperature=0), before)
+    assert torch.equal(model.generate(prompt, 30, temperature=0, use_cache=False), before)
+
+
+def test_decode_layout_in_bfloat16_follows_the_unpacked_model():
+    model = small_model(**MODERN).to(torch.bfloat16)
+    idx = torch.randint(0, 300, (2, 30))
+    with torch.no_grad():
+        before, _ = model(idx)
+        after, _ = model.use_decode_layout()(idx)
+    assert after.dtype == torch.bfloat16
+    assert torch.allclose(before.float(), after.float(), atol=0.05, rtol=0.05)
 
 
 def test_sampling_rejects_impossible_parameters():

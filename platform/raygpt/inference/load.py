@@ -1,5 +1,5 @@
-"""A checkpoint made ready to generate with: laid out for decoding, or quantized for serving,
-and the tokenizer it was trained with."""
+"""A checkpoint made ready to generate with: laid out for decoding (packed for oneDNN on
+CPU), or quantized for serving, and the tokenizer it was trained with."""
 
 from __future__ import annotations
 
@@ -15,13 +15,15 @@ from raygpt.tokenizer import BPETokenizer, Tokenizer, get_tokenizer
 
 
 def load_for_inference(
-    path: str | Path, device: torch.device | str = "cpu"
+    path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
 ) -> tuple[GPT, CheckpointMeta]:
-    """load_model, laid out for decoding: on CPU, matmul weights column-major (faster GEMV;
-    INT8 models have their own kernels and are left as they are)."""
+    """load_model (in `dtype` if given), laid out for decoding on CPU: GPT.use_decode_layout
+    (INT8 models have their own kernels and are left as they are)."""
     model, meta = load_model(path, device)
+    if dtype is not None and not is_quantized(model):
+        model = model.to(dtype)
     if torch.device(device).type == "cpu":
-        model.use_decode_layout()
+        model.use_decode_layout()  # last: .to() moves no packed weight
     return model.eval(), meta
 
 
@@ -36,10 +38,7 @@ def load_for_serving(
     if int8:
         model, meta = load_model(path, device)
         return (model if is_quantized(model) else quantize_model(model)).eval(), meta
-    model, meta = load_for_inference(path, device)
-    if not is_quantized(model):
-        model = model.to(dtype)
-    return model, meta
+    return load_for_inference(path, device, dtype)
 
 
 def load_tokenizer(

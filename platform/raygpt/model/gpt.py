@@ -29,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from raygpt.config import ModelConfig
 from raygpt.model.kv_cache import KVCache
+from raygpt.model.packed_linear import can_pack, pack_linears
 from raygpt.model.sampling import sample_next_token
 
 LayerCache = tuple[torch.Tensor, torch.Tensor]
@@ -353,12 +354,19 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def use_decode_layout(self) -> GPT:
-        """Store every matmul weight column-major (same values and shapes), for CPU inference.
+        """Lay every matmul weight out for CPU inference (same values), for serving only:
+        training keeps row-major. Call it last: .to() moves no packed weight.
 
-        F.linear computes x @ W.T; with W column-major, W.T is contiguous and CPU GEMV
-        kernels stream it faster at small batch (GPT-2 124M decode: 28 -> 35 tokens/s on
-        2 cores, bench/bench_generate.py). For inference only: training keeps row-major.
+        Where oneDNN runs, each nn.Linear becomes a PackedLinear, its weight blocked once
+        for oneDNN's GEMM (model/packed_linear.py; the tied head gets a packed copy). Else
+        each weight is stored column-major: F.linear computes x @ W.T, and with W.T
+        contiguous CPU GEMV kernels stream it faster at small batch (GPT-2 124M decode: 28
+        -> 35 tokens/s on 2 cores, bench/bench_generate.py). INT8 models have their own
+        kernels and are left as they are.
         """
+        if can_pack(self.transformer.ln_f.weight):
+            pack_linears(self)
+            return self
         tied = self.config.tie_embeddings
         for module in self.modules():
             if isinstance(module, nn.Linear) and not (tied and module is self.lm_head):
