@@ -1,4 +1,4 @@
-"""Linear layers whose weights are pre-packed for oneDNN: the CPU inference matmul.
+"""Linear layers whose weights are packed once for oneDNN: the CPU inference matmul.
 
 A CPU matmul from a plain (out, in) weight re-blocks it for the kernel on every call. oneDNN
 can do that once: `_reorder_linear_weight` stores the weight in the blocked layout its GEMM
