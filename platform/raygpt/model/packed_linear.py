@@ -43,7 +43,6 @@ class PackedLinear(nn.Module):
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.dtype = weight.dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return packed_linear(x, self.packed, self.bias, self.out_features)
@@ -60,9 +59,8 @@ def can_pack(weight: torch.Tensor) -> bool:
     )
 
 
-def pack_linears(model: nn.Module) -> int:
-    """Replace every float nn.Linear of `model` on the CPU with a PackedLinear; returns how
-    many were packed."""
+def pack_linears(model: nn.Module) -> None:
+    """Replace every float nn.Linear of `model` on the CPU with a PackedLinear."""
     linears = [
         (parent, name, child)
         for parent in list(model.modules())
@@ -71,4 +69,3 @@ def pack_linears(model: nn.Module) -> int:
     ]
     for parent, name, linear in linears:
         setattr(parent, name, PackedLinear(linear))
-    return len(linears)
