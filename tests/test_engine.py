@@ -170,7 +170,7 @@ def test_batched_greedy_equals_each_request_alone(block, weights, compiled):
 
 def test_many_int8_rows_decode_as_each_alone():
     """Twenty rows at once: a packed prefill of twenty prompts, then INT8 decode steps of up
-    to twenty rows through the fused kernel (SMALL_BATCH) where alone takes one row."""
+    to twenty rows, each row's activations quantized on their own, where alone takes one."""
     model = quantize_model(byte_model(block_size=128, **MODERN))
     requests = [greedy(PROMPTS[i % 5] * (1 + i % 3), 8 + i) for i in range(20)]
     results = run_all(GenerationEngine(model, BYTES, max_slots=32), requests)
