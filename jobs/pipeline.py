@@ -77,7 +77,7 @@ def main() -> None:
     print(summary(result), flush=True)
 
     int8_dir = storage.join(result.run_dir, "int8")
-    stage("3/5 quantize", f"INT8 weight-only → {int8_dir}")
+    stage("3/5 quantize", f"INT8 (int8 weights per channel, int8 GEMM on CPU) → {int8_dir}")
     reports = release_int8(result.final_model, int8_dir, windows=16, overwrite=True)
 
     stage("4/5 evaluate", "original vs INT8 on the same val windows")

@@ -3,7 +3,8 @@
 gpt.py       the GPT: blocks, attention, generation
 kv_cache.py  the preallocated key/value cache
 sampling.py  greedy, temperature, top-k, top-p
-int8.py      INT8 weight-only layers and quantizing a model to them
+int8.py      INT8 layers (int8 weights; int8 GEMM on CPU) and quantizing a model to them
+packed_linear.py  CPU matmuls with weights packed once for oneDNN
 """
 
 from raygpt.model.gpt import GPT

@@ -75,8 +75,8 @@ class PackedPrompts:
 def compiled_block_forward():
     """Block._forward compiled once for every block of every model: one graph per decode
     shape family (dynamic batch and length), reused by all layers, as each layer's weights
-    are its inputs. Fusing a block's small ops (norms, RoPE, SwiGLU, the INT8 matvecs) removes
-    most of a CPU decode step's per-op overhead (bench/bench_pretrained.py)."""
+    are its inputs. Fusing a block's small ops (norms, RoPE, SwiGLU, INT8's activation
+    digits) removes most of a CPU decode step's per-op overhead (bench/bench_pretrained.py)."""
     return torch.compile(Block._forward, dynamic=True)
 
 
