@@ -43,6 +43,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
     fp32, int8, tokenizer = models(args)
+    params = fp32.num_params()  # before packing: packed weights are no parameters
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,7 +66,7 @@ def main() -> None:
     print(
         f"\n{Path(args.checkpoint).name if args.checkpoint else 'random weights'}: "
         f"GPT {config.n_layer}L/{config.n_head}H/{config.n_embd} "
-        f"({fp32.num_params() / 1e6:.1f}M), {args.new_tokens} new tokens, "
+        f"({params / 1e6:.1f}M), {args.new_tokens} new tokens, "
         f"{args.threads} threads, CPU {platform.machine()}, torch {torch.__version__}"
     )
     print(f"{'model':18} {'size MB':>9}" + "".join(f" {f'tok/s b{b}':>10}" for b in batches))
