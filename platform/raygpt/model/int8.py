@@ -27,6 +27,7 @@ from torch import nn
 
 from raygpt.errors import CheckpointError
 from raygpt.model.gpt import GPT
+from raygpt.model.linear_layers import linear_layers
 
 # The stored method: int8 weights with one scale per output channel. How activations meet
 # them is the device's choice (see above), not the checkpoint's.
@@ -105,7 +106,7 @@ def quantize_model(model: GPT, method: str = WEIGHT_ONLY) -> GPT:
     quantize_(
         model, Int8WeightOnlyConfig(), filter_fn=lambda module, _: isinstance(module, nn.Linear)
     )
-    for parent, name, linear in _linears(model):
+    for parent, name, linear in linear_layers(model):
         weight = linear.weight
         setattr(parent, name, Int8Linear(weight.qdata, weight.scale, linear.bias))
     return _finish(model, method)
@@ -131,7 +132,7 @@ def int8_skeleton(model: GPT, method: str) -> GPT:
     """The structure of a quantized model (empty int8 buffers), for loading a saved one."""
     if method not in METHODS:
         raise CheckpointError(f"unknown quantization method {method!r} in the checkpoint")
-    for parent, name, linear in _linears(model):
+    for parent, name, linear in linear_layers(model):
         qdata = torch.empty(
             linear.out_features, linear.in_features, dtype=torch.int8, device="meta"
         )
@@ -142,15 +143,6 @@ def int8_skeleton(model: GPT, method: str) -> GPT:
 
 def is_quantized(model: nn.Module) -> bool:
     return getattr(model, "quantization", None) is not None
-
-
-def _linears(model: nn.Module):
-    return [
-        (parent, name, child)
-        for parent in list(model.modules())
-        for name, child in list(parent.named_children())
-        if isinstance(child, nn.Linear)
-    ]
 
 
 def _finish(model: GPT, method: str) -> GPT:

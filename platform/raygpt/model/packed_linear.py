@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from raygpt.model.linear_layers import linear_layers
+
 PACKED_DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -61,11 +63,6 @@ def can_pack(weight: torch.Tensor) -> bool:
 
 def pack_linears(model: nn.Module) -> None:
     """Replace every float nn.Linear of `model` on the CPU with a PackedLinear."""
-    linears = [
-        (parent, name, child)
-        for parent in list(model.modules())
-        for name, child in list(parent.named_children())
-        if isinstance(child, nn.Linear) and can_pack(child.weight)
-    ]
-    for parent, name, linear in linears:
-        setattr(parent, name, PackedLinear(linear))
+    for parent, name, linear in linear_layers(model):
+        if can_pack(linear.weight):
+            setattr(parent, name, PackedLinear(linear))
