@@ -4,12 +4,13 @@ torchao's `quantize_` quantizes every nn.Linear (and the tied embedding / output
 largest matrix of all). The int8 values and per-output-channel scales then live in
 `Int8Linear` modules whose matmul suits the device:
 
-- on CPU, int8 x int8: each row of activations is quantized on the fly to int8 with its own
-  scale (absmax / 127) and multiplied by the int8 weight in int32 (`torch._int_mm`), then
-  scaled back. It reads a quarter of fp32's weight bytes and runs the integer GEMM, so it
-  beats oneDNN's packed fp32 at every batch: SmolLM2-135M decodes 43 / 283 / 589 tokens/s at
-  1 / 8 / 32 rows, fp32 21 / 140 / 311 (BENCHMARKS.md). The integer sum is exact and each
-  row has its own scale, so a row's result does not depend on the rows beside it;
+- on CPU, int8 x int8: each row of activations is written on the fly as two int8 digits
+  with the row's own scale and multiplied by the int8 weight in int32 (`torch._int_mm`),
+  then scaled back. It reads a quarter of fp32's weight bytes and runs an integer GEMM, so
+  it beats oneDNN's packed fp32 at every batch: SmolLM2-135M decodes 40 / 213 / 414
+  tokens/s at 1 / 8 / 32 rows through the engine, fp32 20 / 130 / 304 (BENCHMARKS.md). The
+  integer sum is exact and each row has its own scale, so a row's result does not depend
+  on the rows beside it;
 - on GPUs: x @ int8.to(x.dtype).T * scale, gpt-fast's weight-only form, which torch.compile
   fuses.
 
