@@ -23,7 +23,7 @@ import torch
 from raygpt.checkpoint import CheckpointMeta, load_model, save_checkpoint
 from raygpt.cli import JobParser
 from raygpt.config import ModelConfig
-from raygpt.inference.load import checkpoint_tokenizer, load_for_serving
+from raygpt.inference.load import checkpoint_tokenizer
 from raygpt.model import GPT
 from raygpt.model.int8 import quantize_model
 from raygpt.release.evaluation import decode_rate
@@ -42,7 +42,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
-    fp32, int8, tokenizer = models(args)
+    fp32, tokenizer = fp32_model(args)
+    int8 = quantize_model(copy.deepcopy(fp32))  # what the service does at load
     params = fp32.num_params()  # before packing: packed weights are no parameters
 
     rows = []
@@ -79,19 +80,16 @@ def main() -> None:
     print(f"int8 vs fp32 (compiled): {base[1] / int8_row[1]:.2f}x smaller, {speedups}")
 
 
-def models(args) -> tuple[GPT, GPT, object]:
-    """fp32 (not yet laid out for decoding) and its INT8 copy, as the service loads it."""
+def fp32_model(args) -> tuple[GPT, object]:
+    """The fp32 model (not yet laid out for decoding) and its tokenizer."""
     if args.checkpoint:
         fp32, meta = load_model(args.checkpoint)
-        int8, _ = load_for_serving(args.checkpoint, int8=True)
-        return fp32.eval(), int8, checkpoint_tokenizer(meta)
+        return fp32.eval(), checkpoint_tokenizer(meta)
     config = ModelConfig(
         n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, activation="gelu_tanh"
     )
     torch.manual_seed(0)
-    fp32 = GPT(config).eval()
-    int8 = quantize_model(copy.deepcopy(fp32))
-    return fp32, int8, get_tokenizer("gpt2")
+    return GPT(config).eval(), get_tokenizer("gpt2")
 
 
 if __name__ == "__main__":

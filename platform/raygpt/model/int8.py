@@ -68,10 +68,11 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
+        scale = self.scale.to(x.dtype)
         if x.device.type == "cpu":
-            y = _dynamic_int8_linear(flat, self.qdata, self.scale.to(x.dtype))
+            y = _dynamic_int8_linear(flat, self.qdata, scale)
         else:
-            y = F.linear(flat, self.qdata.to(x.dtype)) * self.scale.to(x.dtype)
+            y = F.linear(flat, self.qdata.to(x.dtype)) * scale
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
