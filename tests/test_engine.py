@@ -104,21 +104,78 @@ def test_packed_prompts_match_one_prompt_at_a_time(block):
                 torch.testing.assert_close(b[r, :, :n], a[r, :, :n], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("block", [{}, MODERN], ids=["gpt2", "modern"])
+def test_prompt_pieces_after_cached_positions_match_one_pass(block):
+    """Chunked prefill: a prompt's rest, packed with other prompts, attends to the positions an
+    earlier pass cached, and gets the logits and keys of the whole prompt in one pass."""
+    model = byte_model(**block)
+    lengths, rows = [30, 9, 21], [1, 2, 0]
+    prompts = [torch.randint(0, 256, (1, n)) for n in lengths]
+    whole_cache, pieces_cache = (KVCache(model.config, 3) for _ in range(2))
+    cut = {1: 12, 0: 20}  # rows 1 and 0 have this many positions cached by a first pass
+    with torch.no_grad():
+        whole = [
+            model(p, cache=whole_cache.rows(r, r + 1), last_logits_only=True)[0]
+            for p, r in zip(prompts, rows, strict=True)
+        ]
+        model(prompts[0][:, : cut[1]], cache=pieces_cache.rows(1, 2))
+        model(prompts[2][:, : cut[0]], cache=pieces_cache.rows(0, 1))
+        starts = [cut.get(r, 0) for r in rows]
+        rest = [p[:, a:] for p, a in zip(prompts, starts, strict=True)]
+        packed, _ = model(
+            torch.cat(rest, dim=1),
+            cache=pieces_cache,
+            start_pos=PackedPrompts(
+                [n - a for n, a in zip(lengths, starts, strict=True)],
+                rows,
+                torch.device("cpu"),
+                starts,
+            ),
+        )
+    for i, (n, r) in enumerate(zip(lengths, rows, strict=True)):
+        torch.testing.assert_close(packed[i], whole[i][0], atol=1e-5, rtol=1e-5)
+        for layer in range(model.config.n_layer):
+            for a, b in zip(whole_cache.layer(layer), pieces_cache.layer(layer), strict=True):
+                torch.testing.assert_close(b[r, :, :n], a[r, :, :n], atol=1e-5, rtol=1e-5)
+
+
 def test_a_step_prefills_up_to_its_token_budget():
-    """Queued prompts join in one pass until the budget; the rest wait for the next step."""
+    """Queued prompts join in one pass until the budget; the one that does not fit starts with
+    what is left of it, and the rest wait for the next step."""
     model = byte_model()
     requests = [greedy("0123456789", 30) for _ in range(4)]
+    updates = [[] for _ in requests]
     engine = GenerationEngine(model, BYTES, max_slots=4, max_prefill_tokens=25)
-    for request in requests:
-        engine.submit(request, lambda update: None)
-    engine.step()
-    assert (engine.stats().active, engine.stats().queued) == (2, 2)
+    for request, seen in zip(requests, updates, strict=True):
+        engine.submit(request, seen.append)
+    engine.step()  # 10 + 10 + the first 5 of the third prompt (and one more in its decode)
+    assert (engine.stats().active, engine.stats().queued) == (3, 1)
+    assert [len(tokens_of(u)) for u in updates] == [2, 2, 0, 0]
     engine.step()
     assert (engine.stats().active, engine.stats().queued) == (4, 0)
-    alone = GenerationEngine(model, BYTES, max_slots=4, max_prefill_tokens=5)
-    alone.submit(requests[0], lambda update: None)  # longer than the budget: admitted alone
-    alone.step()
-    assert alone.stats().active == 1
+    assert [len(tokens_of(u)) for u in updates] == [3, 3, 2, 2]
+
+
+def test_a_long_prompt_is_prefilled_in_pieces_while_other_rows_decode():
+    """Chunked prefill: a prompt four times the step's budget takes several steps to its first
+    token, and the row already decoding gets a token in every one of them."""
+    model = byte_model(block_size=128)
+    short, long = [], []
+    engine = GenerationEngine(model, BYTES, max_slots=2, max_prefill_tokens=20)
+    engine.submit(greedy("x = 1", 40), short.append)
+    engine.step()
+    engine.submit(greedy("0123456789" * 8, 5), long.append)
+    steps = 0
+    while not long:
+        engine.step()
+        steps += 1
+        assert len(tokens_of(short)) == 2 + steps  # two from the step that admitted it
+    # 80 prompt tokens at 20 a pass plus one in each decode step: the fourth step ends it
+    assert steps == 4
+    while not long[-1].finish_reason:
+        engine.step()
+    expected = model.generate(torch.tensor([greedy("0123456789" * 8, 5).prompt]), 5, temperature=0)
+    assert tokens_of(long) == expected[0, 80:].tolist()
 
 
 @pytest.mark.parametrize(
@@ -157,15 +214,21 @@ def test_batched_greedy_equals_each_request_alone(block, weights, compiled):
         assert isinstance(model.transformer.h[0].mlp.c_fc, PackedLinear)
     lengths = [12, 40, 3, 60, 25]
     requests = [greedy(p, n) for p, n in zip(PROMPTS, lengths, strict=True)]
-    # Two slots for five requests: the rest queue and join as rows free up.
-    engine = GenerationEngine(model, BYTES, max_slots=2, compile_decode=compiled)
-    results = run_all(engine, requests)
-    for request, updates in zip(requests, results, strict=True):
-        expected = model.generate(torch.tensor([request.prompt]), request.max_tokens, temperature=0)
-        expected = expected[0, len(request.prompt) :].tolist()
-        assert tokens_of(updates) == expected
-        assert updates[-1].finish_reason == "length"
-        assert "".join(u.text for u in updates) == BYTES.decode(expected)
+    # Two slots for five requests: the rest queue and join as rows free up. A budget of 6
+    # prompt tokens a step: the longer prompts are prefilled in pieces (chunked prefill).
+    for budget in (1024, 6):
+        engine = GenerationEngine(
+            model, BYTES, max_slots=2, compile_decode=compiled, max_prefill_tokens=budget
+        )
+        results = run_all(engine, requests)
+        for request, updates in zip(requests, results, strict=True):
+            expected = model.generate(
+                torch.tensor([request.prompt]), request.max_tokens, temperature=0
+            )
+            expected = expected[0, len(request.prompt) :].tolist()
+            assert tokens_of(updates) == expected
+            assert updates[-1].finish_reason == "length"
+            assert "".join(u.text for u in updates) == BYTES.decode(expected)
 
 
 def test_many_int8_rows_decode_as_each_alone():
@@ -186,8 +249,10 @@ def test_seeded_sampling_is_the_same_alone_and_batched():
         for i, p in enumerate(PROMPTS)
     ]
     together = run_all(GenerationEngine(model, BYTES, max_slots=8), sampled)
-    for request, updates in zip(sampled, together, strict=True):
+    chunked = run_all(GenerationEngine(model, BYTES, max_slots=8, max_prefill_tokens=4), sampled)
+    for request, updates, pieces in zip(sampled, together, chunked, strict=True):
         assert tokens_of(updates) == generate_alone(model, BYTES, request)[2]
+        assert tokens_of(pieces) == tokens_of(updates)
     other_seed = GenerationRequest(sampled[0].prompt, 20, temperature=0.9, top_k=50, seed=99)
     assert generate_alone(model, BYTES, other_seed)[2] != tokens_of(together[0])
 

@@ -1,18 +1,21 @@
 """The generation engine: continuous batching over a fixed pool of KV-cache slots.
 
 One preallocated KVCache holds `max_slots` rows. Queued requests are admitted into free
-rows by their prefill: the prompts of all requests admitted in a step go through one
-forward pass, packed back to back (up to `max_prefill_tokens`), which also samples each
-one's first token. Then every step decodes one token for all active rows together, each at
-its own position (`GPT.forward` with per-row positions), and chooses every row's token in
-one pass (greedy or sampled, each row from its own seeded stream). A row leaves the moment
-its request ends (stop token, stop string, max_tokens, the context window, or a cancel),
-and the next step may admit a new one: short requests never wait for long ones. Active rows are kept compacted
-at the front of the cache (a leaving row is overwritten by the last one), so a step reads
-`cache[:n]` as a view and copies nothing.
+rows by their prefill: each step runs one forward pass over up to `max_prefill_tokens`
+prompt tokens, packed back to back, which also samples the first token of each prompt it
+completes. A prompt longer than what is left of that budget is prefilled in pieces over
+several steps (chunked prefill), so a long prompt never stalls the rows already decoding
+for more than one budget's pass. Then every step decodes one token for all active rows
+together, each at its own position (`GPT.forward` with per-row positions), and chooses
+every row's token in one pass (greedy or sampled, each row from its own seeded stream); a
+row still prefilling feeds its next prompt token in that pass instead. A row leaves the
+moment its request ends (stop token, stop string, max_tokens, the context window, or a
+cancel), and the next step may admit a new one: short requests never wait for long ones.
+Active rows are kept compacted at the front of the cache (a leaving row is overwritten by
+the last one), so a step reads `cache[:n]` as a view and copies nothing.
 
 A failure ends only the requests it belongs to: a failed prefill pass ends the requests it
-admitted, a text-stream error its own row; only a failed decode pass ends every active row.
+prefilled, a text-stream error its own row; only a failed decode pass ends every active row.
 The engine keeps a health record (failing steps in a row, the time of its last finished
 step) that a replica reports, and a dead engine answers every waiting request with an
 error.
@@ -143,6 +146,15 @@ class _Sequence:
     cached: int = 0  # positions of this row already in the KV cache
     tokens: list[int] = field(default_factory=list)
 
+    @property
+    def prefilling(self) -> bool:
+        return self.cached < len(self.request.prompt)
+
+    def next_input(self) -> int:
+        """What this row feeds the decode step: its next prompt token while the prompt is not
+        all cached (chunked prefill), else the token it sampled last."""
+        return self.request.prompt[self.cached] if self.prefilling else self.tokens[-1]
+
 
 class GenerationEngine:
     def __init__(
@@ -153,13 +165,14 @@ class GenerationEngine:
         max_queue: int = 1024,
         max_context: int | None = None,
         compile_decode: bool = False,
-        max_prefill_tokens: int = 1024,
+        max_prefill_tokens: int = 512,
     ) -> None:
         """`max_context` caps the context window below the model's (SmolLM2's 8192 tokens in
         32 slots would need a 12 GB cache): prompt and completion together fit in it.
         `compile_decode` runs the decode steps' blocks compiled (GPT.compile_decode).
-        `max_prefill_tokens` bounds the prompt tokens one step prefills (a longer prompt goes
-        alone): the rows already decoding wait for that pass."""
+        `max_prefill_tokens` bounds the prompt tokens one step prefills (a longer prompt is
+        prefilled in pieces over several steps): the rows already decoding wait for that
+        pass."""
         if max_slots < 1:
             raise ValueError(f"max_slots must be >= 1, got {max_slots}")
         self.model = model.eval()
@@ -298,57 +311,81 @@ class GenerationEngine:
 
     @torch.no_grad()
     def step(self) -> None:
-        """Cancel, admit what fits, decode one token for every active row."""
+        """Cancel, prefill up to the budget (admitting what fits), decode one token for every
+        active row."""
         with self._lock:
             cancelled, self._cancelled = self._cancelled, set()
-            if cancelled:
-                kept = [s for s in self._queue if s.id not in cancelled]
-                dropped = [s for s in self._queue if s.id in cancelled]
-                self._queue = deque(kept)
-            else:
-                dropped = []
-            admitted, tokens = [], 0
-            while self._queue and len(self._slots) + len(admitted) < self.max_slots:
-                tokens += len(self._queue[0].request.prompt)
-                if admitted and tokens > self.max_prefill_tokens:
-                    break  # the next step admits it: a step's prefill stays bounded
-                admitted.append(self._queue.popleft())
+            dropped = [s for s in self._queue if s.id in cancelled]
+            if dropped:
+                self._queue = deque(s for s in self._queue if s.id not in cancelled)
         for sequence in dropped:
             self._finish_update(sequence, "cancelled")
         self._leave([i for i, s in enumerate(self._slots) if s.id in cancelled], "cancelled")
-        if admitted:
-            self._prefill(admitted)
+        pieces = self._admit()
+        if pieces:
+            self._prefill(pieces)
         if self._slots:
             self._decode()
         with self._lock:
             self._steps += 1
             self._last_step = time.monotonic()
 
-    def _prefill(self, sequences: list[_Sequence]) -> None:
-        """Admit requests into the next free rows with one forward pass over all their prompts
-        (packed, each attending to itself only); a failed pass ends these requests alone."""
-        first = len(self._slots)
-        rows = list(range(first, first + len(sequences)))
-        self._slots.extend(sequences)
-        prompts = [s.request.prompt for s in sequences]
-        tokens = torch.tensor([[t for p in prompts for t in p]], device=self.device)
-        if len(sequences) == 1:  # causal attention needs no mask
-            kwargs = dict(cache=self.cache.rows(first, first + 1), last_logits_only=True)
+    def _admit(self) -> list[tuple[int, int]]:
+        """This step's prefill, as (row, tokens) pieces within the budget: first the rest of
+        prompts admitted earlier, oldest first, then queued requests moved into free rows, the
+        last of them cut at the budget (its prompt goes on in the next steps)."""
+        budget = self.max_prefill_tokens
+        pieces = []
+        for row, sequence in enumerate(self._slots):
+            if budget and sequence.prefilling:
+                n = min(budget, len(sequence.request.prompt) - sequence.cached)
+                pieces.append((row, n))
+                budget -= n
+        with self._lock:
+            while budget and self._queue and len(self._slots) < self.max_slots:
+                sequence = self._queue.popleft()
+                self._slots.append(sequence)
+                n = min(budget, len(sequence.request.prompt))
+                pieces.append((len(self._slots) - 1, n))
+                budget -= n
+        return pieces
+
+    def _prefill(self, pieces: list[tuple[int, int]]) -> None:
+        """One forward pass over every piece (packed, each attending to its own row only); a
+        prompt completed here gets its first token. A failed pass ends these requests alone."""
+        rows = [row for row, _ in pieces]
+        sequences = [self._slots[row] for row in rows]
+        starts = [s.cached for s in sequences]
+        lengths = [n for _, n in pieces]
+        chunks = [
+            s.request.prompt[s.cached : s.cached + n]
+            for s, n in zip(sequences, lengths, strict=True)
+        ]
+        tokens = torch.tensor([[t for chunk in chunks for t in chunk]], device=self.device)
+        if len(pieces) == 1:  # one row: causal attention after its cached positions
+            cache = self.cache.rows(rows[0], rows[0] + 1)
+            kwargs = dict(cache=cache, start_pos=starts[0], last_logits_only=True)
         else:
-            lengths = [len(p) for p in prompts]
-            kwargs = dict(cache=self.cache, start_pos=PackedPrompts(lengths, rows, self.device))
+            packed = PackedPrompts(lengths, rows, self.device, starts)
+            kwargs = dict(cache=self.cache, start_pos=packed)
         logits = self._forward(rows, tokens, **kwargs)
         if logits is None:
             return
-        for sequence in sequences:
-            sequence.cached = len(sequence.request.prompt)
-        self._accept_all(rows, self._choose(logits[:, -1], sequences))
+        for sequence, n in zip(sequences, lengths, strict=True):
+            sequence.cached += n
+        done = [i for i, s in enumerate(sequences) if not s.prefilling]
+        if done:
+            chosen = self._choose(logits[done, -1], [sequences[i] for i in done])
+            self._accept_all([rows[i] for i in done], chosen)
 
     def _decode(self) -> None:
-        """One token for every active row, chosen together, accepted each on its own."""
+        """One token for every active row, chosen together, accepted each on its own. A row
+        still prefilling feeds its next prompt token, and takes a token only once that was
+        its prompt's last."""
         active = self._slots
         n = len(active)
-        last = torch.tensor([[s.tokens[-1]] for s in active], dtype=torch.long, device=self.device)
+        inputs = [[s.next_input()] for s in active]
+        last = torch.tensor(inputs, dtype=torch.long, device=self.device)
         cached = [s.cached for s in active]
         positions = torch.tensor(cached, dtype=torch.long, device=self.device)
         logits = self._forward(
@@ -363,7 +400,12 @@ class GenerationEngine:
             return
         for sequence in active:
             sequence.cached += 1
-        self._accept_all(list(range(n)), self._choose(logits[:, -1], active))
+        ready = [i for i, s in enumerate(active) if not s.prefilling]
+        if len(ready) == n:
+            self._accept_all(ready, self._choose(logits[:, -1], active))
+        elif ready:
+            chosen = self._choose(logits[ready, -1], [active[i] for i in ready])
+            self._accept_all(ready, chosen)
 
     def _choose(self, logits: torch.Tensor, sequences: list[_Sequence]) -> list[int]:
         """Every row's next token in one pass: greedy rows take the argmax, sampled rows

@@ -54,21 +54,43 @@ class RowPositions:
 
 
 class PackedPrompts:
-    """Several whole prompts in one forward pass (the engine's prefill of every request it
-    admits in a step): `idx` is (1, L), the prompts back to back. Prompt i fills cache row
-    `rows[i]` from position 0 and attends causally within itself only (a block-diagonal
-    mask), so each gets what a pass of its own gives it, at one matmul per weight for all."""
+    """Several prompts, or pieces of prompts, in one forward pass (the engine's prefill of
+    a step): `idx` is (1, L), the pieces back to back. Piece i fills cache row `rows[i]` from
+    position `starts[i]`: 0 for a whole prompt, later for the rest of a prompt whose
+    beginning an earlier pass cached (chunked prefill). Each piece attends to its row's
+    positions before it and causally within itself (a block-diagonal mask), so each gets what
+    a pass of its own gives it, at one matmul per weight for all."""
 
-    def __init__(self, lengths: list[int], rows: list[int], device: torch.device) -> None:
+    def __init__(
+        self,
+        lengths: list[int],
+        rows: list[int],
+        device: torch.device,
+        starts: list[int] | None = None,
+    ) -> None:
+        starts = starts or [0] * len(lengths)
         length = torch.tensor(lengths, device=device)
-        prompt = torch.repeat_interleave(torch.arange(len(lengths), device=device), length)
-        starts = length.cumsum(0) - length
-        self.rows = torch.tensor(rows, device=device)[prompt]  # (L,): each token's cache row
-        self.positions = torch.arange(int(length.sum()), device=device) - starts[prompt]
-        self.last = starts + length - 1  # each prompt's last token: where its logits are read
-        self.end = max(lengths)
-        same = prompt[:, None] == prompt[None, :]
-        self.mask = same & (self.positions[:, None] >= self.positions[None, :])  # (L, L)
+        start = torch.tensor(starts, device=device)
+        row = torch.tensor(rows, device=device)
+        piece = torch.repeat_interleave(torch.arange(len(lengths), device=device), length)
+        offsets = length.cumsum(0) - length  # where each piece begins in idx
+        self.rows = row[piece]  # (L,): each token's cache row
+        self.positions = torch.arange(int(length.sum()), device=device) - offsets[piece]
+        self.positions += start[piece]
+        self.last = offsets + length - 1  # each piece's last token: where its logits are read
+        self.end = max(s + n for s, n in zip(starts, lengths, strict=True))
+        key_piece, key_positions = piece, self.positions
+        self.key_rows = self.key_positions = None  # None: attention sees only the new keys
+        if any(starts):  # keys are read back from the cache: each row from position 0
+            span = start + length
+            key_piece = torch.repeat_interleave(torch.arange(len(lengths), device=device), span)
+            key_offsets = span.cumsum(0) - span
+            self.key_rows = row[key_piece]
+            self.key_positions = torch.arange(int(span.sum()), device=device)
+            self.key_positions -= key_offsets[key_piece]
+            key_positions = self.key_positions
+        same = piece[:, None] == key_piece[None, :]
+        self.mask = same & (self.positions[:, None] >= key_positions[None, :])  # (L, keys)
 
 
 @functools.cache
@@ -133,10 +155,13 @@ class CausalSelfAttention(nn.Module):
         if rotation is not None:
             q, k = rotate(q, rotation), rotate(k, rotation)
         mask, causal = None, True
-        if isinstance(start_pos, PackedPrompts):  # attention sees only the new keys
+        if isinstance(start_pos, PackedPrompts):
             cache_k, cache_v = cache
             cache_k[start_pos.rows, :, start_pos.positions] = k[0].transpose(0, 1)
             cache_v[start_pos.rows, :, start_pos.positions] = v[0].transpose(0, 1)
+            if start_pos.key_rows is not None:  # some pieces continue a cached prompt
+                keys = (start_pos.key_rows, slice(None), start_pos.key_positions)
+                k, v = cache_k[keys].transpose(0, 1)[None], cache_v[keys].transpose(0, 1)[None]
             mask, causal = start_pos.mask, False
         elif isinstance(start_pos, RowPositions):  # one new token per row, each at its own position
             cache_k, cache_v = cache
@@ -303,7 +328,7 @@ class GPT(nn.Module):
         `attend_to` cache positions (at least the longest row's, default: read off start_pos),
         and `compiled` runs the blocks through compiled_block_forward (the first step of each
         shape family compiles, seconds). With PackedPrompts, `idx` (1, L) holds several
-        prompts and the logits are each one's last: (prompts, 1, vocab). Targets of -1 are
+        prompts or pieces and the logits are each one's last: (pieces, 1, vocab). Targets of -1 are
         ignored.
         """
         B, T = idx.shape
