@@ -37,20 +37,24 @@ Rotation = tuple[torch.Tensor, torch.Tensor]  # cos and sin, broadcastable to (B
 
 
 class RowPositions:
-    """Where each row's single new token goes when rows sit at different lengths (batched
-    decode of independent sequences): row b writes cache position `positions[b]` and attends
-    to positions 0..positions[b] only, whatever stale values lie beyond in its cache row.
+    """Where each row's new tokens go when rows sit at different lengths (batched decode of
+    independent sequences): row b's T tokens take cache positions `positions[b]` + 0..T-1,
+    and each attends to its row's positions up to its own, whatever stale values lie beyond.
+    T is 1 for plain decode and 1 + k when a step verifies k speculated tokens a row; a row
+    with fewer pads its tail, whose keys land beyond its length, where nothing reads them
+    before a later step writes the real ones.
 
     Every row reads the first `end` cache positions (masked per row). A caller that knows the
     longest row on the host (the engine does) passes `end`, so a step has no host sync;
     otherwise it is read off the positions, one sync per step, not one per layer."""
 
-    def __init__(self, positions: torch.Tensor, end: int | None = None) -> None:
-        self.positions = positions
-        self.rows = torch.arange(positions.numel(), device=positions.device)
-        self.end = int(positions.max()) + 1 if end is None else end
+    def __init__(self, positions: torch.Tensor, end: int | None = None, tokens: int = 1) -> None:
+        self.rows = torch.arange(positions.numel(), device=positions.device)[:, None]  # (B, 1)
+        offsets = torch.arange(tokens, device=positions.device)
+        self.positions = positions[:, None] + offsets  # (B, T)
+        self.end = int(positions.max()) + tokens if end is None else end
         keys = torch.arange(self.end, device=positions.device)
-        self.mask = (keys <= positions[:, None])[:, None, None, :]  # (B, 1, 1, end)
+        self.mask = (keys <= self.positions[..., None])[:, None]  # (B, 1, T, end)
 
 
 class PackedPrompts:
@@ -163,10 +167,10 @@ class CausalSelfAttention(nn.Module):
                 keys = (start_pos.key_rows, slice(None), start_pos.key_positions)
                 k, v = cache_k[keys].transpose(0, 1)[None], cache_v[keys].transpose(0, 1)[None]
             mask, causal = start_pos.mask, False
-        elif isinstance(start_pos, RowPositions):  # one new token per row, each at its own position
+        elif isinstance(start_pos, RowPositions):  # each row's new tokens at its own positions
             cache_k, cache_v = cache
-            cache_k[start_pos.rows, :, start_pos.positions] = k[:, :, 0]
-            cache_v[start_pos.rows, :, start_pos.positions] = v[:, :, 0]
+            cache_k[start_pos.rows, :, start_pos.positions] = k.transpose(1, 2)
+            cache_v[start_pos.rows, :, start_pos.positions] = v.transpose(1, 2)
             k, v = cache_k[:B, :, : start_pos.end], cache_v[:B, :, : start_pos.end]
             mask, causal = start_pos.mask, False
         elif cache is not None:
@@ -323,13 +327,14 @@ class GPT(nn.Module):
 
         With a cache, `idx` holds positions start_pos.. of each sequence; their keys and values
         are written into the cache and attention reads everything before them from it. A
-        tensor `start_pos` (one position per row, with `idx` of shape (B, 1)) decodes rows of
-        different lengths together: continuous batching; every row then reads the first
-        `attend_to` cache positions (at least the longest row's, default: read off start_pos),
-        and `compiled` runs the blocks through compiled_block_forward (the first step of each
-        shape family compiles, seconds). With PackedPrompts, `idx` (1, L) holds several
-        prompts or pieces and the logits are each one's last: (pieces, 1, vocab). Targets of -1 are
-        ignored.
+        tensor `start_pos` (one position per row, `idx` of shape (B, T)) decodes rows of
+        different lengths together: continuous batching, T tokens a row from its own
+        position (T > 1: speculated tokens verified in one pass, logits at each); every row
+        then reads the first `attend_to` cache positions (at least the longest row's real
+        tokens, default: read off start_pos), and `compiled` runs the blocks through
+        compiled_block_forward (the first step of each shape family compiles, seconds).
+        With PackedPrompts, `idx` (1, L) holds several prompts or pieces and the logits are
+        each one's last: (pieces, 1, vocab). Targets of -1 are ignored.
         """
         B, T = idx.shape
         if isinstance(start_pos, PackedPrompts):
@@ -338,13 +343,13 @@ class GPT(nn.Module):
             last = start_pos.end - 1
             pos = start_pos.positions
         elif isinstance(start_pos, torch.Tensor):
-            if cache is None or T != 1 or start_pos.shape != (B,):
-                raise ValueError(
-                    "per-row positions need a cache, one token per row, (B,) positions"
-                )
-            start_pos = RowPositions(start_pos, attend_to)
+            if cache is None or start_pos.shape != (B,):
+                raise ValueError("per-row positions need a cache and (B,) positions")
+            start_pos = RowPositions(start_pos, attend_to, T)
             last = start_pos.end - 1
-            pos = start_pos.positions[:, None]  # (B, 1)
+            pos = start_pos.positions  # (B, T)
+            if T > 1:  # a padded tail may run past the window: its tokens are never read
+                pos = pos.clamp(max=self.config.block_size - 1)
         else:
             last = start_pos + T - 1
             pos = torch.arange(start_pos, start_pos + T, dtype=torch.long, device=idx.device)

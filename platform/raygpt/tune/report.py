@@ -44,7 +44,8 @@ class ResultsCallback(Callback):
         self.sweep = sweep
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        status = "done" if reported_step(trial) >= self.sweep.steps else "stopped"
+        done = reported_step(trial) >= self.sweep.trial_steps(trial.config)
+        status = "done" if done else "stopped"
         self._record(trial, {"status": status})
         self._write(trials)
 

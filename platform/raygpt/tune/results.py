@@ -105,7 +105,7 @@ def format_table(rows: list[TrialRow], sweep: SweepConfig) -> str:
                 str(rank),
                 row.trial,
                 row.status,
-                f"{row.steps}/{sweep.steps}",
+                f"{row.steps}/{sweep.trial_steps(row.params)}",
                 _number(row.best),
                 _number(row.last),
                 *(_value(row.params.get(key)) for key in keys),

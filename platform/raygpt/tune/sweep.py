@@ -112,7 +112,7 @@ def run_sweep(sweep: SweepConfig) -> SweepOutcome:
         tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_unfinished=True)
     else:
         print(
-            f"sweep: {total_trials(sweep)} trials of {sweep.steps} steps over "
+            f"sweep: {total_trials(sweep)} trials of {sweep.steps_text} over "
             f"{', '.join(sweep.space)}, {concurrency} at a time, in {sweep_dir}",
             flush=True,
         )

@@ -113,6 +113,15 @@ class SweepConfig:
     def steps(self) -> int:
         return self.base["train"]["max_iters"]
 
+    def trial_steps(self, params: dict[str, Any]) -> int:
+        """The steps a trial with these values trains (the same for all here; a scaling
+        study's trials each have their own)."""
+        return self.steps
+
+    @property
+    def steps_text(self) -> str:
+        return f"{self.steps} steps"
+
     def experiment_dict(self, params: dict[str, Any]) -> dict[str, Any]:
         """The base experiment with one trial's values (dotted keys) in it.
 
@@ -166,31 +175,14 @@ TOP_LEVEL = (
 def load_sweep(path: str | Path) -> SweepConfig:
     """Read and check a sweep YAML; every trial's config is checked before Ray starts."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep config not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping with keys {list(TOP_LEVEL)}")
+    raw = read_config_yaml(path, TOP_LEVEL, "sweep")
     source = str(path)
-    for key in raw:
-        if key not in TOP_LEVEL:
-            close = difflib.get_close_matches(str(key), TOP_LEVEL, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"{source}: unknown key '{key}'{hint}")
-    if "experiment" not in raw:
-        raise ConfigError(f"{source}: experiment: missing (the base experiment config to sweep)")
-    experiment = _find_experiment(raw["experiment"], path)
+    experiment = find_experiment(raw["experiment"], path)
     space = parse_space(raw.get("space"), source)
     if not space:
         raise ConfigError(f"{source}: space: needs at least one key to sweep")
-    overrides = raw.get("overrides") or {}
-    if not isinstance(overrides, dict):
-        raise ConfigError(f"{source}: overrides must be a mapping of dotted keys to values")
+    overrides = parse_overrides(raw, source)
     for key in overrides:
-        check_key(key, source, "overrides")
         if key in space:
             raise ConfigError(f"{source}: overrides.{key}: also in space; keep one")
 
@@ -201,9 +193,9 @@ def load_sweep(path: str | Path) -> SweepConfig:
     sweep = SweepConfig(
         source=path,
         experiment=experiment,
-        out_dir=_sweep_dir(raw, path, source),
+        out_dir=sweep_out_dir(raw, path, source),
         space=space,
-        base=_base_experiment(experiment, overrides, budget, source),
+        base=base_experiment(experiment, overrides, budget, source),
         overrides=overrides,
         metric=_choice(raw, "metric", METRICS, source),
         mode=_choice(raw, "mode", MODES, source),
@@ -216,6 +208,36 @@ def load_sweep(path: str | Path) -> SweepConfig:
     _check_schedule(sweep)
     check_trials(sweep)
     return sweep
+
+
+def read_config_yaml(path: Path, top_level: tuple[str, ...], kind: str) -> dict[str, Any]:
+    """A sweep-like YAML's mapping: known top-level keys only, and a base `experiment`."""
+    if not path.is_file():
+        raise ConfigError(f"{kind} config not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping with keys {list(top_level)}")
+    for key in raw:
+        if key not in top_level:
+            close = difflib.get_close_matches(str(key), top_level, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{path}: unknown key '{key}'{hint}")
+    if "experiment" not in raw:
+        raise ConfigError(f"{path}: experiment: missing (the base experiment config to {kind})")
+    return raw
+
+
+def parse_overrides(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """`overrides:`: dotted experiment keys, the same for every trial."""
+    overrides = raw.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{source}: overrides must be a mapping of dotted keys to values")
+    for key in overrides:
+        check_key(key, source, "overrides")
+    return overrides
 
 
 def check_trials(sweep: SweepConfig) -> None:
@@ -259,7 +281,7 @@ def trial_cpus(sweep: SweepConfig) -> float:
     return sweep.resources.trial_cpus + need
 
 
-def _find_experiment(value: Any, sweep_path: Path) -> Path:
+def find_experiment(value: Any, sweep_path: Path) -> Path:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{sweep_path}: experiment: expected a config path, got {value!r}")
     candidates = [sweep_path.parent / value, Path(value)]
@@ -270,7 +292,7 @@ def _find_experiment(value: Any, sweep_path: Path) -> Path:
     raise ConfigError(f"{sweep_path}: experiment: config not found: {value} (looked at {looked})")
 
 
-def _base_experiment(
+def base_experiment(
     experiment: Path, overrides: dict[str, Any], budget: Budget, source: str
 ) -> dict[str, Any]:
     raw = load_experiment(experiment).to_dict()
@@ -307,7 +329,7 @@ def _describe(params: dict[str, Any]) -> str:
     return ", ".join(f"{key}={value}" for key, value in params.items())
 
 
-def _sweep_dir(raw: dict, path: Path, source: str) -> Path:
+def sweep_out_dir(raw: dict, path: Path, source: str) -> Path:
     out_dir = _string(raw, "out_dir", f"runs/{path.stem}", source)
     if "://" in out_dir:  # Tune keeps its experiment state in a folder; trials' runs follow it
         raise ConfigError(
