@@ -23,6 +23,7 @@ class Sampling(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     ignore_eos: bool = False  # vLLM's extension: run to max_tokens (benchmarks)
+    speculate: bool = True  # raygpt's: false opts out of the service's speculative decoding
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1

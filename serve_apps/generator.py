@@ -34,7 +34,7 @@ from raygpt.inference.engine import (
     GenerationRequest,
     GenerationUpdate,
 )
-from raygpt.inference.load import checkpoint_tokenizer, load_for_serving
+from raygpt.inference.load import checkpoint_tokenizer, load_draft, load_for_serving
 from serve_apps.metrics import ServingMetrics
 from serve_apps.settings import ServeSettings
 
@@ -56,14 +56,14 @@ class Generator:
             # 29 tokens/s). Loading here uses one thread; the engine's thread uses them all.
             threads = cpu_threads(self.settings.num_cpus, self.settings.torch_threads)
             torch.set_num_threads(1)
-        self.model, meta = load_for_serving(
-            self.settings.checkpoint,
-            self.device,
-            int8=self.settings.quantize == "int8",
-            dtype=getattr(torch, self.settings.dtype),
-        )
+        int8, dtype = self.settings.quantize == "int8", getattr(torch, self.settings.dtype)
+        self.model, meta = load_for_serving(self.settings.checkpoint, self.device, int8, dtype)
         if meta.tokenizer is None:
             raise ValueError(f"{self.settings.checkpoint}: the checkpoint names no tokenizer")
+        speculation = self.settings.speculation
+        draft = None
+        if speculation.method == "draft":
+            draft = load_draft(speculation.draft, self.model, meta, self.device, int8, dtype)
         self.meta = meta
         self.tokenizer = checkpoint_tokenizer(meta)
         self.model_name = self.settings.model_name or storage.name_of(self.settings.checkpoint)
@@ -75,6 +75,8 @@ class Generator:
             self.settings.max_context,
             compile_decode=self.settings.compile_decode,
             max_prefill_tokens=self.settings.max_prefill_tokens,
+            speculation=speculation,
+            draft_model=draft,
         ).start(threads)
         if not self._warm_up() and self.engine.compile_decode:
             # torch.compile needs a C++ compiler on CPU: without one, decode eagerly

@@ -198,6 +198,7 @@ class Ingress:
             seed=body.seed,
             stop=stop_strings(body.stop),
             stop_at_eot=not body.ignore_eos,
+            speculate=body.speculate,
         )
         shape = ChunkShape(f"cmpl-{uuid.uuid4().hex}", int(time.time()), self.model_name)
         if body.stream:
@@ -234,6 +235,7 @@ class Ingress:
             seed=body.seed,
             stop=stop_strings(body.stop),
             stop_at_eot=not body.ignore_eos,  # the template's end-of-turn token ends the answer
+            speculate=body.speculate,
         )
         shape = ChunkShape(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), self.model_name, True)
         if body.stream:

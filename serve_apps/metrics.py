@@ -42,19 +42,40 @@ class ServingMetrics:
             description="Requests waiting for a free slot.",
             tag_keys=("model",),
         )
+        # Speculative decoding: accepted / proposed is the acceptance rate (a Grafana ratio
+        # of the two rates).
+        self.tokens_proposed = metrics.Counter(
+            "raygpt_serve_speculated_tokens_proposed",
+            description="Speculated tokens the model verified.",
+            tag_keys=("model",),
+        )
+        self.tokens_accepted = metrics.Counter(
+            "raygpt_serve_speculated_tokens_accepted",
+            description="Speculated tokens the model verified and kept.",
+            tag_keys=("model",),
+        )
         for metric in (
             self.tokens,
             self.time_to_first_token,
             self.slots_active,
             self.slot_occupancy,
             self.requests_queued,
+            self.tokens_proposed,
+            self.tokens_accepted,
         ):
             metric.set_default_tags(tags)
+        self._counted = (0, 0)  # the engine's proposed and accepted totals, as last exported
 
     def record_engine(self, stats: EngineStats) -> None:
         self.slots_active.set(stats.active)
         self.slot_occupancy.set(stats.active / stats.max_slots)
         self.requests_queued.set(stats.queued)
+        proposed, accepted = self._counted
+        if stats.tokens_proposed > proposed:  # Ray's counters take only increments > 0
+            self.tokens_proposed.inc(stats.tokens_proposed - proposed)
+        if stats.tokens_accepted > accepted:
+            self.tokens_accepted.inc(stats.tokens_accepted - accepted)
+        self._counted = (stats.tokens_proposed, stats.tokens_accepted)
 
     def watch(self, read_stats, period_s: float = 1.0) -> threading.Event:
         """Sample the engine's gauges every period on a daemon thread; set the event to stop."""

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from raygpt.inference.speculation import SpeculationConfig
+
 
 class AutoscalingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -46,6 +48,12 @@ class ServeSettings(BaseModel):
     # Decode steps run compiled (torch.compile of each block: SmolLM2 INT8 on CPU 2.6x the
     # eager fp32 rate); the replica compiles at start, seconds per model.
     compile_decode: bool = True
+    # Speculative decoding: method none | ngram (prompt lookup: tokens copied from the
+    # request's own text) | draft (a small model: `draft` is its checkpoint, or self:N for
+    # the model's own first N layers); k tokens proposed a row per step; a request opts out
+    # with "speculate": false. Exact: greedy text is unchanged, sampled text keeps its
+    # distribution (bench/bench_speculative.py measures what it buys).
+    speculation: SpeculationConfig = SpeculationConfig()
     # Backpressure: requests a caller (a proxy, an ingress replica) queues for a deployment
     # beyond what its replicas hold; past it the answer is 429 with Retry-After, at once.
     max_queued_requests: int = Field(64, ge=1)

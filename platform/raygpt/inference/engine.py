@@ -37,11 +37,14 @@ from dataclasses import dataclass, field
 import torch
 
 from raygpt.errors import RequestError
+from raygpt.inference.draft_model import DraftModel, DraftRow
+from raygpt.inference.prompt_lookup import PromptLookup
+from raygpt.inference.speculation import SpeculationConfig, accept_greedy, accept_sampled
 from raygpt.inference.text_stream import TextStream
 from raygpt.model import GPT
 from raygpt.model.gpt import PackedPrompts
 from raygpt.model.kv_cache import KVCache
-from raygpt.model.sampling import check_sampling, is_greedy, sample_rows
+from raygpt.model.sampling import check_sampling, is_greedy, row_probs, sample_rows
 from raygpt.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -76,6 +79,7 @@ class GenerationRequest:
     seed: int | None = None
     stop: tuple[str, ...] = ()  # stop strings: the text ends before the first one
     stop_at_eot: bool = True  # an end token (end-of-text, end-of-turn) ends it, unseen
+    speculate: bool = True  # when the engine speculates: False opts this request out
 
     def check(self, block_size: int, vocab_size: int) -> None:
         """Raise RequestError naming the field at fault; the engine never starts a bad request."""
@@ -126,6 +130,8 @@ class EngineStats:
     requests_finished: int
     requests_cancelled: int
     requests_failed: int
+    tokens_proposed: int = 0  # speculated tokens the target verified
+    tokens_accepted: int = 0  # ... and kept: accepted / proposed is the acceptance rate
 
 
 @dataclass
@@ -145,6 +151,15 @@ class _Sequence:
     generator: torch.Generator | None
     cached: int = 0  # positions of this row already in the KV cache
     tokens: list[int] = field(default_factory=list)
+    lookup: PromptLookup | None = None  # its n-gram index, when the engine looks up prompts
+    draft_cached: int = 0  # positions of this row in the draft model's cache
+
+    @property
+    def sampling(self) -> tuple[float, int | None, float | None] | None:
+        """Its sampling settings; None for a greedy row."""
+        if self.generator is None:
+            return None
+        return self.request.temperature, self.request.top_k, self.request.top_p
 
     @property
     def prefilling(self) -> bool:
@@ -166,13 +181,17 @@ class GenerationEngine:
         max_context: int | None = None,
         compile_decode: bool = False,
         max_prefill_tokens: int = 512,
+        speculation: SpeculationConfig | None = None,
+        draft_model: GPT | None = None,
     ) -> None:
         """`max_context` caps the context window below the model's (SmolLM2's 8192 tokens in
         32 slots would need a 12 GB cache): prompt and completion together fit in it.
         `compile_decode` runs the decode steps' blocks compiled (GPT.compile_decode).
         `max_prefill_tokens` bounds the prompt tokens one step prefills (a longer prompt is
         prefilled in pieces over several steps): the rows already decoding wait for that
-        pass."""
+        pass. `speculation` makes rows propose tokens each step that the model verifies in
+        the decode pass (inference/speculation.py); method `draft` proposes with
+        `draft_model`, which must share the model's tokenizer."""
         if max_slots < 1:
             raise ValueError(f"max_slots must be >= 1, got {max_slots}")
         self.model = model.eval()
@@ -183,7 +202,23 @@ class GenerationEngine:
         self.max_prefill_tokens = max_prefill_tokens
         self.block_size = min(model.config.block_size, max_context or model.config.block_size)
         self.device, dtype = model.param_device_dtype
-        self.cache = KVCache(model.config, max_slots, self.block_size, dtype, self.device)
+        self.speculation = speculation or SpeculationConfig()
+        # Spare positions past the window take the padded tails of rows that propose fewer
+        # tokens than their neighbours in a step.
+        spare = self.speculation.k if self.speculation.enabled else 0
+        self.cache = KVCache(model.config, max_slots, self.block_size, dtype, self.device, spare)
+        self.draft: DraftModel | None = None
+        if self.speculation.method == "draft":
+            if draft_model is None:
+                raise ValueError("speculation method draft needs a draft model")
+            if draft_model.config.vocab_size != model.config.vocab_size:
+                raise ValueError(
+                    f"the draft model's vocabulary ({draft_model.config.vocab_size}) is not "
+                    f"the model's ({model.config.vocab_size}): it needs the same tokenizer"
+                )
+            self.draft = DraftModel(
+                draft_model, max_slots, self.block_size, self.speculation.k, compile_decode
+            )
         self._slots: list[_Sequence] = []  # row i of the cache is _slots[i]
         self._queue: deque[_Sequence] = deque()
         self._cancelled: set[int] = set()
@@ -191,6 +226,7 @@ class GenerationEngine:
         self._wake = threading.Condition(self._lock)
         self._next_id = 0
         self._steps = self._tokens = self._finished = self._cancels = self._failures = 0
+        self._proposed = self._accepted = 0
         self._failed_forwards = 0  # in a row; any forward pass that works resets it
         self._last_step = time.monotonic()
         self._thread: threading.Thread | None = None
@@ -207,6 +243,10 @@ class GenerationEngine:
         if not is_greedy(request.temperature):
             seed = request.seed if request.seed is not None else random.getrandbits(63)
             generator = torch.Generator(device=self.device).manual_seed(seed)
+        lookup = None
+        if self.speculation.method == "ngram" and request.speculate:
+            spec = self.speculation
+            lookup = PromptLookup(list(request.prompt), spec.ngram_min, spec.ngram_max)
         with self._wake:
             if self._dead is not None:
                 raise EngineError(UNAVAILABLE, "the generation engine has stopped")
@@ -221,6 +261,7 @@ class GenerationEngine:
                 TextStream(self.tokenizer, request.stop),
                 generator,
             )
+            sequence.lookup = lookup
             self._next_id += 1
             self._queue.append(sequence)
             self._wake.notify()
@@ -243,6 +284,8 @@ class GenerationEngine:
                 self._finished,
                 self._cancels,
                 self._failures,
+                self._proposed,
+                self._accepted,
             )
 
     def health(self, stall_after_s: float = STALL_UNHEALTHY_S) -> EngineHealth:
@@ -376,36 +419,115 @@ class GenerationEngine:
         done = [i for i, s in enumerate(sequences) if not s.prefilling]
         if done:
             chosen = self._choose(logits[done, -1], [sequences[i] for i in done])
-            self._accept_all([rows[i] for i in done], chosen)
+            self._accept_all([rows[i] for i in done], [[t] for t in chosen])
 
     def _decode(self) -> None:
-        """One token for every active row, chosen together, accepted each on its own. A row
-        still prefilling feeds its next prompt token, and takes a token only once that was
-        its prompt's last."""
+        """One pass for every active row: its last token, and the tokens it proposes when the
+        engine speculates, each row at its own position. Rows keep what the model agrees
+        with (at least one token each), and each is accepted on its own. A row still
+        prefilling feeds its next prompt token, and takes a token only once that was its
+        prompt's last."""
         active = self._slots
         n = len(active)
-        inputs = [[s.next_input()] for s in active]
-        last = torch.tensor(inputs, dtype=torch.long, device=self.device)
+        proposals = self._propose(active)
+        width = 1 + max(len(tokens) for tokens, _ in proposals)
+        inputs = [
+            [s.next_input(), *tokens] + [0] * (width - 1 - len(tokens))
+            for s, (tokens, _) in zip(active, proposals, strict=True)
+        ]
         cached = [s.cached for s in active]
-        positions = torch.tensor(cached, dtype=torch.long, device=self.device)
         logits = self._forward(
             list(range(n)),
-            last,
+            torch.tensor(inputs, dtype=torch.long, device=self.device),
             cache=self.cache.rows(0, n),
-            start_pos=positions,
-            attend_to=max(cached) + 1,  # known here: the step needs no host sync for it
+            start_pos=torch.tensor(cached, dtype=torch.long, device=self.device),
+            # known here: the step needs no host sync for it
+            attend_to=max(c + 1 + len(t) for c, (t, _) in zip(cached, proposals, strict=True)),
             compiled=self.compile_decode,
         )
         if logits is None:
             return
         for sequence in active:
             sequence.cached += 1
-        ready = [i for i, s in enumerate(active) if not s.prefilling]
-        if len(ready) == n:
-            self._accept_all(ready, self._choose(logits[:, -1], active))
-        elif ready:
-            chosen = self._choose(logits[ready, -1], [active[i] for i in ready])
-            self._accept_all(ready, chosen)
+        emitted: dict[int, list[int]] = {}
+        plain = [i for i, s in enumerate(active) if not s.prefilling and not proposals[i][0]]
+        if plain:
+            chosen = self._choose(logits[plain, 0], [active[i] for i in plain])
+            emitted.update((i, [token]) for i, token in zip(plain, chosen, strict=True))
+        speculated = [i for i in range(n) if proposals[i][0]]
+        if speculated:
+            emitted.update(self._verify(speculated, logits, proposals))
+        rows = sorted(emitted)
+        self._accept_all(rows, [emitted[i] for i in rows])
+
+    def _propose(self, active: list[_Sequence]) -> list[tuple[list[int], torch.Tensor | None]]:
+        """Each row's speculated tokens this step, with the distribution a draft model drew
+        them from for sampled rows (None: copied tokens, or greedy)."""
+        none: tuple[list[int], torch.Tensor | None] = ([], None)
+        if not self.speculation.enabled:
+            return [none] * len(active)
+        limits = [self._proposal_limit(s) for s in active]
+        if self.draft is None:
+            return [
+                (s.lookup.propose(limit), None) if limit and s.lookup else none
+                for s, limit in zip(active, limits, strict=True)
+            ]
+        if not any(limits):
+            return [none] * len(active)
+        rows = [
+            DraftRow(
+                list(s.request.prompt) + s.tokens, s.draft_cached, limit, s.sampling, s.generator
+            )
+            for s, limit in zip(active, limits, strict=True)
+        ]
+        proposals = self.draft.propose(rows)
+        for sequence, row in zip(active, rows, strict=True):
+            sequence.draft_cached = row.cached
+        return proposals
+
+    def _proposal_limit(self, sequence: _Sequence) -> int:
+        """How many tokens a row may propose: none while prefilling or opted out; never more
+        than its max_tokens could keep, nor past the context window."""
+        if sequence.prefilling or not sequence.request.speculate:
+            return 0
+        left = sequence.request.max_tokens - len(sequence.tokens) - 1
+        room = self.block_size - 1 - sequence.cached
+        return max(0, min(self.speculation.k, left, room))
+
+    def _verify(
+        self,
+        rows: list[int],
+        logits: torch.Tensor,
+        proposals: list[tuple[list[int], torch.Tensor | None]],
+    ) -> dict[int, list[int]]:
+        """What each speculating row emits: the proposals the model agrees with and one
+        token of the model's own (inference/speculation.py's rule)."""
+        logits = logits[:, :, : self.model.config.vocab_size]
+        argmax = logits[rows].argmax(dim=-1).tolist()
+        sampled = [row for row in rows if self._slots[row].sampling is not None]
+        probs = {}
+        if sampled:  # one softmax for every position of every sampled row
+            width = logits.shape[1]
+            settings = [self._slots[row].sampling for row in sampled for _ in range(width)]
+            flat = row_probs(logits[sampled].flatten(0, 1), settings)
+            probs = dict(zip(sampled, flat.view(len(sampled), width, -1), strict=True))
+        emitted = {}
+        for i, row in enumerate(rows):
+            sequence, (tokens, draft_probs) = self._slots[row], proposals[row]
+            if sequence.sampling is None:
+                emitted[row] = accept_greedy(tokens, argmax[i])
+            else:
+                target = probs[row][: len(tokens) + 1]
+                emitted[row] = accept_sampled(tokens, target, draft_probs, sequence.generator)
+            kept = len(emitted[row]) - 1
+            # The draft's cache holds this row's context, then the proposals it fed: those
+            # past the kept ones are stale.
+            context = sequence.cached  # this step's input is counted now: the whole context
+            sequence.draft_cached = min(sequence.draft_cached, context + kept)
+            with self._lock:
+                self._proposed += len(tokens)
+                self._accepted += kept
+        return emitted
 
     def _choose(self, logits: torch.Tensor, sequences: list[_Sequence]) -> list[int]:
         """Every row's next token in one pass: greedy rows take the argmax, sampled rows
@@ -428,13 +550,19 @@ class GenerationEngine:
             tokens[index] = sample_rows(logits[index], settings, torch.cat(uniforms))
         return tokens.tolist()
 
-    def _accept_all(self, rows: list[int], tokens: list[int]) -> None:
-        """Accept each row's token; a row whose own handling fails ends alone."""
+    def _accept_all(self, rows: list[int], tokens: list[list[int]]) -> None:
+        """Accept each row's tokens in order (a step's speculation may emit several); a row
+        ends at the first that finishes it, and a row whose own handling fails ends alone."""
         ended, failed = [], []
-        for row, token in zip(rows, tokens, strict=True):
+        for row, emitted in zip(rows, tokens, strict=True):
+            sequence = self._slots[row]
+            cached = sequence.cached  # the first token's input is cached; each next one's too
             try:
-                if self._accept(self._slots[row], token):
-                    ended.append(row)
+                for offset, token in enumerate(emitted):
+                    sequence.cached = cached + offset
+                    if self._accept(sequence, token):
+                        ended.append(row)
+                        break
             except Exception as err:  # this row's own failure
                 failed.append((row, err))
         for row, err in failed:
@@ -463,6 +591,8 @@ class GenerationEngine:
             self._finish_update(sequence, "stop")
             return True
         sequence.tokens.append(token)
+        if sequence.lookup is not None:
+            sequence.lookup.append(token)
         text = sequence.text.push(token)
         if sequence.text.stopped:
             self._update(sequence, text, [token], "stop")
@@ -498,6 +628,8 @@ class GenerationEngine:
             if row != last:
                 moved = self._slots[last]
                 self.cache.copy_row(last, row, moved.cached)
+                if self.draft is not None:
+                    self.draft.cache.copy_row(last, row, moved.draft_cached)
                 self._slots[row] = moved
             self._slots.pop()
             with self._lock:

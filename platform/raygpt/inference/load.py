@@ -9,6 +9,7 @@ import torch
 
 from raygpt.checkpoint import CheckpointMeta, load_model
 from raygpt.errors import TokenizerError
+from raygpt.inference.draft_model import layers_of
 from raygpt.model import GPT
 from raygpt.model.int8 import is_quantized, quantize_model
 from raygpt.tokenizer import BPETokenizer, Tokenizer, get_tokenizer
@@ -57,3 +58,25 @@ def load_tokenizer(
 
 def checkpoint_tokenizer(meta: CheckpointMeta) -> Tokenizer:
     return load_tokenizer(meta.tokenizer, meta.tokenizer_json, meta.special_tokens)
+
+
+def load_draft(
+    draft: str,
+    model: GPT,
+    meta: CheckpointMeta,
+    device: torch.device | str = "cpu",
+    int8: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> GPT:
+    """The draft model for speculative decoding (SpeculationConfig.draft) beside `model`:
+    `self:N` is the model's own first N layers and head; anything else a checkpoint loaded
+    as the model was (INT8 or `dtype`), which must use the model's tokenizer."""
+    if draft.startswith("self:"):
+        layers = draft.removeprefix("self:")
+        if not layers.isdigit():
+            raise ValueError(f"draft {draft!r}: self:N takes a number of layers, e.g. self:8")
+        return layers_of(model, int(layers))
+    draft_model, draft_meta = load_for_serving(draft, device, int8=int8, dtype=dtype)
+    if (draft_meta.tokenizer, draft_meta.tokenizer_json) != (meta.tokenizer, meta.tokenizer_json):
+        raise ValueError(f"draft {draft}: its tokenizer is not the model's")
+    return draft_model

@@ -22,9 +22,12 @@ class KVCache:
         max_len: int | None = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        spare: int = 0,
     ) -> None:
+        """`spare` positions past `max_len` take the padded tail of a row verifying fewer
+        speculated tokens than its neighbours (never read)."""
         self.max_len = min(max_len or config.block_size, config.block_size)
-        shape = (batch_size, config.kv_heads, self.max_len, config.head_dim)
+        shape = (batch_size, config.kv_heads, self.max_len + spare, config.head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
         self.values = [
             torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)

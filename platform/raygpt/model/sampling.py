@@ -59,12 +59,18 @@ def sample_rows(
 ) -> torch.Tensor:
     """Row b of `logits` sampled with its own settings at `uniforms[b]`: one softmax and one
     inversion for every row (the engine's rows each have their own request's settings)."""
+    return invert_cdf(row_probs(logits, settings), uniforms)
+
+
+def row_probs(logits: torch.Tensor, settings: list[Setting]) -> torch.Tensor:
+    """The distribution each row samples from, float32: row b's logits tempered and
+    filtered by its own settings, then normalized."""
     temperature = torch.tensor([t for t, _, _ in settings], device=logits.device)
     tempered = logits.float() / temperature[:, None]
     for b, (_, top_k, top_p) in enumerate(settings):
         if top_k or (top_p is not None and top_p < 1):
             tempered[b] = filter_logits(tempered[b : b + 1], top_k, top_p)[0]
-    return invert_cdf(torch.softmax(tempered, dim=-1), uniforms)
+    return torch.softmax(tempered, dim=-1)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
