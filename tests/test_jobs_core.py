@@ -1,5 +1,6 @@
 """The core entrypoints (sample, convert) run as a user runs them, in a fresh interpreter."""
 
+import pytest
 import torch
 
 from raygpt.checkpoint import CheckpointMeta, load_model, save_checkpoint
@@ -32,9 +33,13 @@ def test_sample_from_an_hf_folder_and_a_prompt_file(hf_dir, tmp_path):
     assert "24 tokens in" in samples[2]
 
 
-def test_greedy_sample_matches_the_library(tmp_path):
+@pytest.mark.parametrize(
+    "speculate", [[], ["--speculate", "ngram", "--ngram_min", "1"], ["--speculate", "self:1"]]
+)
+def test_greedy_sample_matches_the_library(tmp_path, speculate):
+    """Plain, and through the engine with speculative decoding: the same greedy text."""
     torch.manual_seed(0)
-    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=64, vocab_size=257)).eval()
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=257)).eval()
     save_checkpoint(tmp_path / "ckpt", model, CheckpointMeta(model=model.config, tokenizer="byte"))
     result = run_job(
         "sample.py",
@@ -47,8 +52,11 @@ def test_greedy_sample_matches_the_library(tmp_path):
         "--max_new_tokens",
         "20",
         "--no_stop",
+        *speculate,
     )
     assert result.returncode == 0, result.stderr
+    if speculate:
+        assert "speculated" in result.stdout and "kept 0%" not in result.stdout
     expected = model.generate(torch.tensor([list(b"abc")]), 20, temperature=0)[0].tolist()
     text = bytes(expected).decode("utf-8", errors="replace")
     assert result.stdout.startswith(text + "\n")
