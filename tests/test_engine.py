@@ -231,6 +231,36 @@ def test_batched_greedy_equals_each_request_alone(block, weights, compiled):
             assert "".join(u.text for u in updates) == BYTES.decode(expected)
 
 
+@pytest.mark.parametrize(
+    ("block", "weights", "compiled"),
+    [({}, "fp32", False), (MODERN, "int8", False), (MODERN, "int8", True)],
+    ids=["fp32", "modern-int8", "modern-int8-compiled"],
+)
+def test_static_decode_steps_give_the_tokens_of_the_dynamic_path(block, weights, compiled):
+    """The decode step made for CUDA graphs (every slot, the whole cache masked per row, no
+    host sync), run here on CPU: with rows joining, leaving and prefilling in pieces, each
+    request gets the tokens of the dynamic path, and every decode pass has one shape."""
+    model = byte_model(block_size=96, **block)
+    if weights == "int8":
+        model = quantize_model(model)
+    lengths = [12, 40, 3, 60, 25]
+    requests = [greedy(p * 2, n) for p, n in zip(PROMPTS, lengths, strict=True)]
+    dynamic = run_all(GenerationEngine(model, BYTES, max_slots=3, max_prefill_tokens=8), requests)
+    shapes = []
+    hook = model.register_forward_pre_hook(lambda _, args: shapes.append(tuple(args[0].shape)))
+    try:
+        static = GenerationEngine(
+            model, BYTES, 3, max_prefill_tokens=8, compile_decode=compiled, static_decode=True
+        )
+        results = run_all(static, requests)
+    finally:
+        hook.remove()
+    for want, got in zip(dynamic, results, strict=True):
+        assert tokens_of(got) == tokens_of(want)
+    decode_shapes = {shape for shape in shapes if shape[1] == 1}
+    assert decode_shapes == {(3, 1)}
+
+
 def test_many_int8_rows_decode_as_each_alone():
     """Twenty rows at once: a packed prefill of twenty prompts, then INT8 decode steps of up
     to twenty rows, each row's activations quantized on their own, where alone takes one."""

@@ -183,6 +183,7 @@ class GenerationEngine:
         max_prefill_tokens: int = 512,
         speculation: SpeculationConfig | None = None,
         draft_model: GPT | None = None,
+        static_decode: bool | None = None,
     ) -> None:
         """`max_context` caps the context window below the model's (SmolLM2's 8192 tokens in
         32 slots would need a 12 GB cache): prompt and completion together fit in it.
@@ -191,7 +192,10 @@ class GenerationEngine:
         prefilled in pieces over several steps): the rows already decoding wait for that
         pass. `speculation` makes rows propose tokens each step that the model verifies in
         the decode pass (inference/speculation.py); method `draft` proposes with
-        `draft_model`, which must share the model's tokenizer."""
+        `draft_model`, which must share the model's tokenizer. `static_decode` (default: on
+        CUDA) runs plain decode steps over every slot and the whole cache, masked per row:
+        the same shapes every step and no host sync inside it, so a compiled step is
+        captured once as a CUDA graph and replayed."""
         if max_slots < 1:
             raise ValueError(f"max_slots must be >= 1, got {max_slots}")
         self.model = model.eval()
@@ -207,6 +211,14 @@ class GenerationEngine:
         # tokens than their neighbours in a step.
         spare = self.speculation.k if self.speculation.enabled else 0
         self.cache = KVCache(model.config, max_slots, self.block_size, dtype, self.device, spare)
+        self.static_decode = self.device.type == "cuda" if static_decode is None else static_decode
+        self._static_step = self._static_logits
+        if self.static_decode and compile_decode:
+            if self.device.type == "cuda":  # CUDA graphs replay on the cache's own memory
+                for tensor in (*self.cache.keys, *self.cache.values):
+                    torch._dynamo.mark_static_address(tensor)
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self._static_step = torch.compile(self._static_logits, mode=mode, dynamic=False)
         self.draft: DraftModel | None = None
         if self.speculation.method == "draft":
             if draft_model is None:
@@ -436,15 +448,23 @@ class GenerationEngine:
             for s, (tokens, _) in zip(active, proposals, strict=True)
         ]
         cached = [s.cached for s in active]
-        logits = self._forward(
-            list(range(n)),
-            torch.tensor(inputs, dtype=torch.long, device=self.device),
-            cache=self.cache.rows(0, n),
-            start_pos=torch.tensor(cached, dtype=torch.long, device=self.device),
-            # known here: the step needs no host sync for it
-            attend_to=max(c + 1 + len(t) for c, (t, _) in zip(cached, proposals, strict=True)),
-            compiled=self.compile_decode,
-        )
+        if width == 1 and self.static_decode:
+            free = self.max_slots - n  # free slots decode a dummy token at position 0
+            logits = self._forward(
+                list(range(n)),
+                torch.tensor(inputs + [[0]] * free, dtype=torch.long, device=self.device),
+                cached + [0] * free,
+            )
+        else:
+            logits = self._forward(
+                list(range(n)),
+                torch.tensor(inputs, dtype=torch.long, device=self.device),
+                cache=self.cache.rows(0, n),
+                start_pos=torch.tensor(cached, dtype=torch.long, device=self.device),
+                # known here: the step needs no host sync for it
+                attend_to=max(c + 1 + len(t) for c, (t, _) in zip(cached, proposals, strict=True)),
+                compiled=self.compile_decode,
+            )
         if logits is None:
             return
         for sequence in active:
@@ -569,10 +589,29 @@ class GenerationEngine:
             self._report_failure(self._slots[row], err)
         self._leave(ended + [row for row, _ in failed])
 
-    def _forward(self, rows: list[int], tokens: torch.Tensor, **kwargs) -> torch.Tensor | None:
-        """The model on these rows; None when it fails, which ends every one of them."""
+    def _static_logits(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """One token for every slot, each at its own position, attending over the whole
+        cache (masked per row): fixed shapes, whatever the rows' lengths."""
+        logits, _ = self.model(
+            tokens, cache=self.cache, start_pos=positions, attend_to=self.cache.max_len
+        )
+        return logits
+
+    def _forward(
+        self,
+        rows: list[int],
+        tokens: torch.Tensor,
+        static_positions: list[int] | None = None,
+        **kwargs,
+    ) -> torch.Tensor | None:
+        """The model on these rows (`static_positions`: the static decode step over every
+        slot); None when it fails, which ends every one of them."""
         try:
-            logits, _ = self.model(tokens, **kwargs)
+            if static_positions is not None:
+                positions = torch.tensor(static_positions, dtype=torch.long, device=self.device)
+                logits = self._static_step(tokens, positions)[: len(rows)]
+            else:
+                logits, _ = self.model(tokens, **kwargs)
         except Exception as err:
             with self._lock:
                 self._failed_forwards += 1
