@@ -77,6 +77,46 @@ def ray_train(config, data_dir: Path) -> list[float]:
     return [r["ms_per_step"] / 1000 for r in records for _ in range(interval)]
 
 
+def bench_experiment(
+    model: dict,
+    data_dir: Path,
+    run_dir: Path,
+    steps: int,
+    batch_size: int,
+    gpu: bool,
+    compile: bool,
+    threads: int,
+    grad_accum: int = 1,
+    log_interval: int = 5,
+):
+    """The experiment both paths run: `steps` steps, evaluation only at the end (excluded)."""
+    return experiment_from_dict(
+        {
+            "model": model,
+            "data": {"dataset": str(data_dir), "tokenizer": read_manifest(data_dir).tokenizer},
+            "train": {
+                "out_dir": str(run_dir),
+                "max_iters": steps,
+                "batch_size": batch_size,
+                "gradient_accumulation_steps": grad_accum,
+                "eval_interval": steps,
+                "eval_iters": 1,
+                "log_interval": log_interval,
+                "warmup_iters": 2,
+                "dtype": "bfloat16" if gpu else "float32",
+                "compile": compile,
+                "shuffle_buffer": 1024,
+            },
+            "scaling": {
+                "num_workers": 1,
+                "use_gpu": gpu,
+                "cpus_per_worker": threads,
+                "torch_threads": threads,
+            },
+        }
+    )
+
+
 def main() -> None:
     parser = JobParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=PRESETS, default="cpu")
@@ -101,30 +141,17 @@ def main() -> None:
     manifest = read_manifest(data_dir)
     total = args.steps + args.warmup
     run_dir = Path(tempfile.mkdtemp(prefix="bench_train_")) / "run"
-    config = experiment_from_dict(
-        {
-            "model": {**PRESETS[args.preset], "vocab_size": manifest.vocab_size},
-            "data": {"dataset": str(data_dir), "tokenizer": manifest.tokenizer},
-            "train": {
-                "out_dir": str(run_dir),
-                "max_iters": total,
-                "batch_size": args.batch_size,
-                "gradient_accumulation_steps": args.grad_accum,
-                "eval_interval": total,
-                "eval_iters": 1,
-                "log_interval": args.log_interval,
-                "warmup_iters": 2,
-                "dtype": "bfloat16" if args.gpu else "float32",
-                "compile": args.compile,
-                "shuffle_buffer": 1024,
-            },
-            "scaling": {
-                "num_workers": 1,
-                "use_gpu": args.gpu,
-                "cpus_per_worker": args.threads,
-                "torch_threads": args.threads,
-            },
-        }
+    config = bench_experiment(
+        {**PRESETS[args.preset], "vocab_size": manifest.vocab_size},
+        data_dir,
+        run_dir,
+        total,
+        args.batch_size,
+        args.gpu,
+        args.compile,
+        args.threads,
+        args.grad_accum,
+        args.log_interval,
     )
     device = torch.device("cuda" if args.gpu else "cpu")
     torch.set_num_threads(args.threads)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from raygpt.errors import RequestError
+from raygpt.inference.cuda_graph import CapturedStep
 from raygpt.inference.draft_model import DraftModel, DraftRow
 from raygpt.inference.prompt_lookup import PromptLookup
 from raygpt.inference.speculation import SpeculationConfig, accept_greedy, accept_sampled
@@ -194,8 +195,8 @@ class GenerationEngine:
         the decode pass (inference/speculation.py); method `draft` proposes with
         `draft_model`, which must share the model's tokenizer. `static_decode` (default: on
         CUDA) runs plain decode steps over every slot and the whole cache, masked per row:
-        the same shapes every step and no host sync inside it, so a compiled step is
-        captured once as a CUDA graph and replayed."""
+        the same shapes every step and no host sync inside it, so on CUDA the step is
+        captured once as a CUDA graph and replayed (inference/cuda_graph.py)."""
         if max_slots < 1:
             raise ValueError(f"max_slots must be >= 1, got {max_slots}")
         self.model = model.eval()
@@ -213,12 +214,8 @@ class GenerationEngine:
         self.cache = KVCache(model.config, max_slots, self.block_size, dtype, self.device, spare)
         self.static_decode = self.device.type == "cuda" if static_decode is None else static_decode
         self._static_step = self._static_logits
-        if self.static_decode and compile_decode:
-            if self.device.type == "cuda":  # CUDA graphs replay on the cache's own memory
-                for tensor in (*self.cache.keys, *self.cache.values):
-                    torch._dynamo.mark_static_address(tensor)
-            mode = "reduce-overhead" if self.device.type == "cuda" else None
-            self._static_step = torch.compile(self._static_logits, mode=mode, dynamic=False)
+        if self.static_decode and self.device.type == "cuda":
+            self._static_step = CapturedStep(self._static_logits)
         self.draft: DraftModel | None = None
         if self.speculation.method == "draft":
             if draft_model is None:
@@ -593,7 +590,11 @@ class GenerationEngine:
         """One token for every slot, each at its own position, attending over the whole
         cache (masked per row): fixed shapes, whatever the rows' lengths."""
         logits, _ = self.model(
-            tokens, cache=self.cache, start_pos=positions, attend_to=self.cache.max_len
+            tokens,
+            cache=self.cache,
+            start_pos=positions,
+            attend_to=self.cache.max_len,
+            compiled=self.compile_decode,
         )
         return logits
 
