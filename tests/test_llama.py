@@ -1,5 +1,7 @@
 """The modern block against transformers: tiny random Llama, Qwen2 and Mistral models (GQA,
-MQA, untied heads, biases where the family has them) imported, run, exported and run again."""
+MQA, untied heads, biases where the family has them) and their mixtures of experts (Mixtral;
+Qwen2-MoE with a shared expert, a dense layer and unnormalized top-k weights) imported, run,
+exported and run again."""
 
 from __future__ import annotations
 
@@ -38,6 +40,23 @@ FAMILIES = {
     ),
     "qwen2-qkv-bias": ("Qwen2Config", "Qwen2ForCausalLM", dict(num_key_value_heads=2)),
     "mistral-gqa": ("MistralConfig", "MistralForCausalLM", dict(num_key_value_heads=2)),
+    "mixtral": (
+        "MixtralConfig",
+        "MixtralForCausalLM",
+        dict(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2),
+    ),
+    "qwen2-moe": (
+        "Qwen2MoeConfig",
+        "Qwen2MoeForCausalLM",
+        dict(
+            num_key_value_heads=2,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=48,
+            mlp_only_layers=[1],
+        ),
+    ),
 }
 
 
@@ -52,6 +71,8 @@ def hf_model(family: str, seed: int = 0):
         for name, param in model.named_parameters():
             if name.endswith(("bias", "norm.weight", "layernorm.weight")):
                 param.add_(torch.randn_like(param) * 0.1)
+            if name.endswith(".gate.weight"):  # a router: spread tokens, no near-ties
+                param.normal_(0, 0.5)
     return model
 
 
@@ -88,7 +109,9 @@ def test_export_round_trips_through_transformers(family, tmp_path):
     name, _, hf, ours, meta = family
     export_hf(ours, meta, tmp_path / "out")
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
-    assert type(again).__name__ == ("Qwen2ForCausalLM" if "qwen2" in name else "LlamaForCausalLM")
+    assert type(again).__name__ == (
+        FAMILIES[name][1] if "mistral" not in name else "LlamaForCausalLM"
+    )
     with torch.no_grad():
         assert (again(ids()).logits - hf(ids()).logits).abs().max() < 1e-4
     reloaded, _ = load_model(tmp_path / "out")

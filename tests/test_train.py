@@ -95,6 +95,38 @@ def test_two_ddp_workers_equal_one_worker_with_double_accumulation(
     assert (initial[name] - w2[name]).abs().max() > 1e-3
 
 
+def test_a_mixture_of_experts_trains_sharded_and_logs_its_expert_load(
+    ray_session, byte_shards, tmp_path
+):
+    """One sparse layer of 4 experts under FSDP on 2 workers: every log line carries both
+    ranks' expert load (fractions summing to 1, its entropy) and the router losses; the
+    final model is the mixture, and it generates."""
+    from raygpt.train.progress import progress_line
+
+    sparse = {**MODERN, "n_expert": 4, "expert_hidden": 32, "moe_layers": [1]}
+    result = train(
+        experiment(
+            byte_shards,
+            tmp_path / "moe",
+            model=sparse,
+            train={"router_z_loss_weight": 0.01},
+            scaling={"num_workers": 2, "strategy": "fsdp"},
+        )
+    )
+    records = [r for r in read_metrics(result.run_dir) if "loss" in r]
+    assert [r["step"] for r in records] == [3, 6]
+    for record in records:
+        (layer,) = record["experts"]
+        assert layer["layer"] == 1 and len(layer["load"]) == 4
+        assert sum(layer["load"]) == pytest.approx(1.0)
+        assert 0 < layer["entropy"] <= math.log(4) + 1e-9
+        assert record["balance_loss"] >= 1.0 and record["router_z_loss"] > 0
+        assert "| L1 " in progress_line(record, 6)
+    model, meta = load_model(result.final_model)
+    assert meta.model.n_expert == 4 and meta.step == 6
+    assert model.generate(torch.tensor([[1, 2, 3]]), 4, temperature=0).shape == (1, 7)
+
+
 EVERY_2 = {"checkpoint_interval": 2, "eval_interval": 2, "log_interval": 2}
 
 

@@ -51,6 +51,14 @@ class ModelConfig:
     mlp_hidden: int | None = None  # the MLP's inner width; None: 4 * n_embd
     qkv_bias: bool | None = None  # biases on q, k, v only (Qwen2); None: as `bias`
     tie_embeddings: bool = True  # the output head is the token embedding
+    # Mixture of experts (model/moe.py): n_expert > 0 makes the MLPs of `moe_layers` (None:
+    # every block) sparse, each token routed to n_expert_per_token experts.
+    n_expert: int = 0
+    n_expert_per_token: int = 2
+    expert_hidden: int | None = None  # each expert's inner width; None: the MLP's
+    shared_expert_hidden: int = 0  # a sigmoid-gated expert every token uses (Qwen2-MoE); 0: none
+    moe_layers: list[int] | None = None
+    router_renormalize: bool = True  # the top-k weights sum to 1 (Mixtral); false: Qwen2-MoE's
 
     @property
     def head_dim(self) -> int:
@@ -63,6 +71,14 @@ class ModelConfig:
     @property
     def hidden(self) -> int:
         return self.mlp_hidden or 4 * self.n_embd
+
+    @property
+    def expert_width(self) -> int:
+        return self.expert_hidden or self.hidden
+
+    def is_sparse(self, layer: int) -> bool:
+        """Whether block `layer`'s MLP is a mixture of experts."""
+        return self.n_expert > 0 and (self.moe_layers is None or layer in self.moe_layers)
 
     @property
     def has_qkv_bias(self) -> bool:
@@ -101,6 +117,39 @@ class ModelConfig:
             found.append((("mlp_hidden",), f"must be >= 1, got {self.mlp_hidden}"))
         if not 0.0 <= self.dropout < 1.0:
             found.append((("dropout",), f"must be in [0, 1), got {self.dropout}"))
+        return found + self._expert_problems()
+
+    def _expert_problems(self) -> list[Problem]:
+        if self.n_expert < 0:
+            return [(("n_expert",), f"must be >= 0, got {self.n_expert}")]
+        if self.n_expert == 0:
+            given = [k for k in ("expert_hidden", "moe_layers") if getattr(self, k) is not None]
+            given += ["shared_expert_hidden"] if self.shared_expert_hidden else []
+            return [
+                ((key, "n_expert"), "needs n_expert >= 1 (a mixture of experts)") for key in given
+            ]
+        found = []
+        if not 1 <= self.n_expert_per_token <= self.n_expert:
+            found.append(
+                (
+                    ("n_expert_per_token", "n_expert"),
+                    f"must be in [1, n_expert={self.n_expert}], got {self.n_expert_per_token}",
+                )
+            )
+        if self.expert_hidden is not None and self.expert_hidden < 1:
+            found.append((("expert_hidden",), f"must be >= 1, got {self.expert_hidden}"))
+        if self.shared_expert_hidden < 0:
+            found.append(
+                (("shared_expert_hidden",), f"must be >= 0, got {self.shared_expert_hidden}")
+            )
+        layers = self.moe_layers or []
+        if any(not 0 <= i < self.n_layer for i in layers) or len(set(layers)) < len(layers):
+            found.append(
+                (
+                    ("moe_layers", "n_layer"),
+                    f"must be distinct block indices in [0, n_layer={self.n_layer}), got {layers}",
+                )
+            )
         return found
 
 
@@ -149,6 +198,10 @@ class TrainConfig:
     checkpoint_interval: int | None = None  # steps between checkpoints; None: every eval_interval
     keep_checkpoints: int = 3  # the best (by val loss) are kept
     shuffle_buffer: int = 4096  # windows shuffled locally per epoch (0: stream order)
+    # Mixture-of-experts models only: the router's losses, added to the training loss as
+    # weight * their mean over sparse layers (model/moe.py).
+    balance_loss_weight: float = 0.01  # Switch Transformer's load balancing (its alpha)
+    router_z_loss_weight: float = 0.001  # ST-MoE's z-loss
 
     def problems(self) -> list[Problem]:
         found = _positive(
@@ -161,7 +214,14 @@ class TrainConfig:
             "log_interval",
         )
         found += _non_negative(
-            self, "learning_rate", "min_lr", "warmup_iters", "weight_decay", "grad_clip"
+            self,
+            "learning_rate",
+            "min_lr",
+            "warmup_iters",
+            "weight_decay",
+            "grad_clip",
+            "balance_loss_weight",
+            "router_z_loss_weight",
         )
         found += _positive(self, "keep_checkpoints")
         if self.checkpoint_interval is not None and self.checkpoint_interval < 1:
@@ -338,6 +398,11 @@ def _coerce(value: Any, hint: Any) -> Any:
             except ValueError as err:
                 errors.append(str(err))
         raise ValueError("; ".join(errors))
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(v, item) for v in value]
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:

@@ -1,10 +1,13 @@
 """Hugging Face Llama-family folders in and out: LlamaForCausalLM, MistralForCausalLM and
 Qwen2ForCausalLM share one block (RoPE, RMSNorm, SwiGLU, grouped-query attention), which is
-raygpt's modern block. HF keeps q, k, v and gate, up as separate matrices; raygpt joins each
-group into one (c_attn, c_fc), so the converters split and join them.
+raygpt's modern block; MixtralForCausalLM and Qwen2MoeForCausalLM are that block with a
+mixture of experts for its MLP (their names and keys: hf_moe.py). HF keeps q, k, v and
+gate, up as separate matrices; raygpt joins each group into one (c_attn, c_fc), so the
+converters split and join them.
 
 Out: a raygpt checkpoint of this family becomes a Llama folder (Qwen2 when it has biases on
-q, k, v only) that transformers and vLLM load, with its tokenizer and chat template.
+q, k, v only; Mixtral or Qwen2-MoE with experts) that transformers and vLLM load, with its
+tokenizer and chat template.
 """
 
 from __future__ import annotations
@@ -17,24 +20,40 @@ import torch
 from safetensors.torch import save_file
 
 from raygpt.checkpoint.hf_files import read_hf_config, read_hf_tokenizer, read_hf_weights
+from raygpt.checkpoint.hf_moe import (
+    MOE_FAMILY,
+    Names,
+    export_kind,
+    moe_config_values,
+    moe_hf_config,
+    sparse_mlp_names,
+)
 from raygpt.checkpoint.native import CheckpointMeta, model_from_state_dict
 from raygpt.config import ModelConfig, section_from_dict
 from raygpt.errors import CheckpointError, RaygptError
 from raygpt.model import GPT
 
-FAMILY = ("llama", "mistral", "qwen2")
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+FAMILY = ("llama", "mistral", "qwen2", *MOE_FAMILY)
+ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "qwen2_moe": "Qwen2MoeForCausalLM",
+}
 # HF's per-block names -> raygpt's; the joined ones are listed in JOINED.
 BLOCK = {
     "input_layernorm": "ln_1",
     "post_attention_layernorm": "ln_2",
     "self_attn.o_proj": "attn.c_proj",
-    "mlp.down_proj": "mlp.c_proj",
 }
-JOINED = {
-    "attn.c_attn": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-    "mlp.c_fc": ("mlp.gate_proj", "mlp.up_proj"),
-}
+JOINED = {"attn.c_attn": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")}
+DENSE_MLP: Names = ({"mlp.down_proj": "mlp.c_proj"}, {"mlp.c_fc": ("mlp.gate_proj", "mlp.up_proj")})
+
+
+def block_names(kind: str, config: ModelConfig, layer: int) -> Names:
+    """Block `layer`'s weights: HF's name -> raygpt's, and raygpt's joined -> HF's parts."""
+    renamed, joined = sparse_mlp_names(kind, config) if config.is_sparse(layer) else DENSE_MLP
+    return BLOCK | renamed, JOINED | joined
 
 
 def load_hf_llama(
@@ -42,6 +61,7 @@ def load_hf_llama(
 ) -> tuple[GPT, CheckpointMeta]:
     """Load a local HF folder of the Llama family (config.json + safetensors or .bin)."""
     config = hf_llama_config(directory)
+    kind = read_hf_config(directory)["model_type"]
     hf = read_hf_weights(directory, device)
     state = {
         "transformer.wte.weight": hf.pop("model.embed_tokens.weight", None),
@@ -53,15 +73,16 @@ def load_hf_llama(
         state["lm_head.weight"] = hf.pop("lm_head.weight")
     for i in range(config.n_layer):
         theirs, ours = f"model.layers.{i}.", f"transformer.h.{i}."
-        for name, mine in BLOCK.items():
-            for kind in ("weight", "bias"):
-                if f"{theirs}{name}.{kind}" in hf:
-                    state[f"{ours}{mine}.{kind}"] = hf.pop(f"{theirs}{name}.{kind}")
-        for mine, parts in JOINED.items():
-            for kind in ("weight", "bias"):
-                found = [hf.pop(f"{theirs}{part}.{kind}", None) for part in parts]
+        renamed, joined = block_names(kind, config, i)
+        for name, mine in renamed.items():
+            for what in ("weight", "bias"):
+                if f"{theirs}{name}.{what}" in hf:
+                    state[f"{ours}{mine}.{what}"] = hf.pop(f"{theirs}{name}.{what}")
+        for mine, parts in joined.items():
+            for what in ("weight", "bias"):
+                found = [hf.pop(f"{theirs}{part}.{what}", None) for part in parts]
                 if all(t is not None for t in found):
-                    state[f"{ours}{mine}.{kind}"] = torch.cat(found)
+                    state[f"{ours}{mine}.{what}"] = torch.cat(found)
     state = {name: t for name, t in state.items() if t is not None}
     unused = sorted(name for name in hf if not name.endswith("rotary_emb.inv_freq"))
     if unused:
@@ -71,7 +92,7 @@ def load_hf_llama(
     meta = CheckpointMeta(
         model=config,
         tokenizer="bpe" if tokenizer_json else None,
-        source=f"hf-{read_hf_config(directory)['model_type']}",
+        source=f"hf-{kind}",
         special_tokens=_special_tokens(directory, tokenizer_json),
         chat_template=tokenizer_config.get("chat_template"),
         tokenizer_json=tokenizer_json,
@@ -95,11 +116,12 @@ def hf_llama_config(directory: str | Path) -> ModelConfig:
     if hf.get("head_dim") not in (None, n_embd // n_head if n_embd and n_head else None):
         raise CheckpointError(f"{where}: head_dim {hf['head_dim']} is not hidden_size / heads")
     block_size = hf.get("max_position_embeddings")
-    window = hf.get("sliding_window") if kind != "qwen2" or hf.get("use_sliding_window") else None
+    qwen = kind in ("qwen2", "qwen2_moe")
+    window = hf.get("sliding_window") if not qwen or hf.get("use_sliding_window") else None
     if window and block_size and window < block_size:
         block_size = window  # within the window, sliding-window attention is full attention
-    if kind == "qwen2":
-        bias, qkv_bias = False, True
+    if qwen:
+        bias, qkv_bias = False, bool(hf.get("qkv_bias", True))  # Qwen2-MoE's may turn them off
     else:
         if bool(hf.get("attention_bias")) != bool(hf.get("mlp_bias")):
             raise CheckpointError(f"{where}: attention_bias without mlp_bias is not supported")
@@ -121,6 +143,8 @@ def hf_llama_config(directory: str | Path) -> ModelConfig:
         "mlp_hidden": hf.get("intermediate_size"),
         "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
     }
+    if kind in MOE_FAMILY:
+        values.update(moe_config_values(hf, kind))
     try:
         return section_from_dict(ModelConfig, values, "model", where)
     except RaygptError as err:
@@ -143,6 +167,8 @@ def export_hf_llama(model: GPT, meta: CheckpointMeta, directory: str | Path) -> 
             "GPT-2's layout exports as GPT-2"
         )
     kind = "qwen2" if config.has_qkv_bias and not config.bias else "llama"
+    if config.n_expert:
+        kind = export_kind(config)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     ours = {name: t.detach().cpu() for name, t in model.state_dict().items()}
@@ -154,18 +180,19 @@ def export_hf_llama(model: GPT, meta: CheckpointMeta, directory: str | Path) -> 
         state["lm_head.weight"] = ours["lm_head.weight"][: config.vocab_size]
     for i in range(config.n_layer):
         prefix, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
-        for name, mine in BLOCK.items():
-            for kind_ in ("weight", "bias"):
-                if f"{prefix}{mine}.{kind_}" in ours:
-                    state[f"{theirs}{name}.{kind_}"] = ours[f"{prefix}{mine}.{kind_}"]
-        for mine, parts in JOINED.items():
-            for kind_ in ("weight", "bias"):
-                joined = ours.get(f"{prefix}{mine}.{kind_}")
+        renamed, joined_names = block_names(kind, config, i)
+        for name, mine in renamed.items():
+            for what in ("weight", "bias"):
+                if f"{prefix}{mine}.{what}" in ours:
+                    state[f"{theirs}{name}.{what}"] = ours[f"{prefix}{mine}.{what}"]
+        for mine, parts in joined_names.items():
+            for what in ("weight", "bias"):
+                joined = ours.get(f"{prefix}{mine}.{what}")
                 if joined is None:
                     continue
-                sizes = _split_sizes(config, mine)
+                sizes = _split_sizes(config, mine, joined)
                 for part, piece in zip(parts, joined.split(sizes), strict=True):
-                    state[f"{theirs}{part}.{kind_}"] = piece
+                    state[f"{theirs}{part}.{what}"] = piece
     state = {name: t.contiguous() for name, t in state.items()}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(_hf_config(kind, model, meta), indent=2))
@@ -177,11 +204,11 @@ def export_hf_llama(model: GPT, meta: CheckpointMeta, directory: str | Path) -> 
     return directory
 
 
-def _split_sizes(config: ModelConfig, joined: str) -> list[int]:
-    if joined == "attn.c_attn":
+def _split_sizes(config: ModelConfig, name: str, joined: torch.Tensor) -> list[int]:
+    if name == "attn.c_attn":
         kv = config.kv_heads * config.head_dim
         return [config.n_embd, kv, kv]
-    return [config.hidden, config.hidden]
+    return [joined.shape[0] // 2] * 2  # any MLP's c_fc, dense or expert: gate, then up
 
 
 def _hf_config(kind: str, model: GPT, meta: CheckpointMeta) -> dict[str, Any]:
@@ -210,8 +237,10 @@ def _hf_config(kind: str, model: GPT, meta: CheckpointMeta) -> dict[str, Any]:
     }
     if kind == "llama":
         hf.update(attention_bias=config.bias, mlp_bias=config.bias)
-    else:
+    elif kind == "qwen2":
         hf.update(use_sliding_window=False)
+    else:
+        hf.update(moe_hf_config(kind, config))
     return hf
 
 

@@ -71,7 +71,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[GP
 
     - a raygpt checkpoint folder (raygpt.json + model.safetensors), float or INT8
     - a Hugging Face folder (config.json + safetensors or pytorch_model.bin): GPT-2, or the
-      Llama family (Llama, Mistral, Qwen2)
+      Llama family (Llama, Mistral, Qwen2, and Mixtral and Qwen2-MoE with experts)
     - a GGUF file of the llama architecture, or a folder holding one
     - a nanoGPT `ckpt.pt`, or a folder holding one
     """
@@ -101,10 +101,15 @@ def read_model_config(path: str | Path) -> ModelConfig:
 
 
 def export_hf(model: GPT, meta: CheckpointMeta, directory: str | Path) -> Path:
-    """An HF folder transformers and vLLM load: Llama (or Qwen2) for the modern block, GPT-2
-    for GPT-2's layout."""
+    """An HF folder transformers and vLLM load: Llama (or Qwen2) for the modern block,
+    Mixtral or Qwen2-MoE for its mixtures of experts, GPT-2 for GPT-2's layout."""
     if is_llama_layout(model.config):
         return export_hf_llama(model, meta, directory)
+    if model.config.n_expert:
+        raise CheckpointError(
+            "experts export as Mixtral or Qwen2-MoE, which need the modern block "
+            "(position: rope, norm: rmsnorm, mlp: swiglu); GPT-2 has no mixture of experts"
+        )
     return export_hf_gpt2(model, meta, directory)
 
 

@@ -1,6 +1,7 @@
 """The network, importing nothing of raygpt but its config.
 
 gpt.py            the GPT: blocks, attention, generation
+moe.py            the mixture-of-experts MLP: router, dropless dispatch, router losses
 kv_cache.py       the preallocated key/value cache
 sampling.py       greedy, temperature, top-k, top-p
 int8.py           INT8 layers (int8 weights; int8 GEMM on CPU) and quantizing a model to them

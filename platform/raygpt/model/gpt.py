@@ -6,7 +6,8 @@ then one switch per improvement of the last five years (ModelConfig; the default
 
     positions   learned (GPT-2)          or rotary, RoPE (`position: rope`, `rope_theta`)
     norm        LayerNorm                or RMSNorm
-    MLP         GELU, 4x wide            or SwiGLU (`mlp_hidden` wide)
+    MLP         GELU, 4x wide            or SwiGLU (`mlp_hidden` wide); either dense, or a
+                                         mixture of experts (`n_expert`, model/moe.py)
     attention   one key/value per head   or grouped-query / multi-query (`n_kv_head`)
     biases      everywhere or nowhere    or on q, k, v only (`qkv_bias`, Qwen2)
     output      tied to the embedding    or its own matrix (`tie_embeddings: false`)
@@ -29,6 +30,7 @@ from torch.utils.checkpoint import checkpoint
 
 from raygpt.config import ModelConfig
 from raygpt.model.kv_cache import KVCache
+from raygpt.model.moe import MoE
 from raygpt.model.packed_linear import can_pack, pack_linears
 from raygpt.model.sampling import sample_next_token
 
@@ -198,13 +200,15 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, hidden: int | None = None) -> None:
+        """`hidden` wide (a mixture's expert), or config.hidden."""
         super().__init__()
         self.swiglu = config.mlp == "swiglu"
-        width = 2 * config.hidden if self.swiglu else config.hidden  # SwiGLU: gate and up
+        hidden = hidden or config.hidden
+        width = 2 * hidden if self.swiglu else hidden  # SwiGLU: gate and up
         self.c_fc = nn.Linear(config.n_embd, width, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh" if config.activation == "gelu_tanh" else "none")
-        self.c_proj = nn.Linear(config.hidden, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -217,12 +221,12 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.ln_1 = norm_layer(config)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = norm_layer(config)
-        self.mlp = MLP(config)
+        self.mlp = MoE(config, MLP) if config.is_sparse(layer) else MLP(config)
         self.activation_checkpointing = False  # set by train.step.set_activation_checkpointing
 
     def forward(
@@ -254,7 +258,7 @@ class GPT(nn.Module):
         layers = dict(
             wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+            h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
             ln_f=norm_layer(config),
         )
         if config.position == "learned":

@@ -1,6 +1,7 @@
 """Training: the per-step math, and the Ray Train layer that runs it on workers.
 
     step.py     optimizer, schedule, precision, one step, MFU (bench/ runs it in a bare loop)
+    expert_load.py  a mixture of experts' router losses in the loss, its expert load logged
     state.py    training checkpoints, their metadata, resuming
     batches.py  each rank's micro-batches from the shared window stream
     run_log.py  metrics.jsonl and the loss plot

@@ -30,7 +30,9 @@ from raygpt.data.shards import val_windows
 from raygpt.device import cpu_threads
 from raygpt.errors import CheckpointError
 from raygpt.model import GPT
+from raygpt.model.moe import active_params
 from raygpt.train.batches import epoch_windows, eval_batches, rank_steps, to_xy
+from raygpt.train.expert_load import ExpertLoad
 from raygpt.train.metrics import TrainMetrics
 from raygpt.train.progress import progress_line, start_line
 from raygpt.train.run_log import append_metrics
@@ -102,6 +104,7 @@ class WorkerRun:
         self.precision = choose_precision(self.train_config.dtype, self.device)
         self.wrapped, self.no_sync = wrap_model(self.model, self.strategy, self.device, self.world)
         self.optimizer = configure_optimizer(self.wrapped, self.train_config, self.device.type)
+        self.experts = ExpertLoad.of(self.model, self.train_config)  # None: a dense model
         self.state = TrainState()
         self.last_saved: str | None = None  # the newest checkpoint's folder name
 
@@ -112,7 +115,9 @@ class WorkerRun:
             * train.batch_size
             * self.config.model.block_size
         )
-        self.flops_per_token = flops_per_token(self.config.model, self.model.num_params())
+        self.flops_per_token = flops_per_token(
+            self.config.model, active_params(self.model, self.model.num_params())
+        )
         self.peak_flops = peak_flops(self.device, self.precision.name)
         self.checkpoint_every = train.checkpoint_interval or train.eval_interval
         self.failure = _failure_plan(self.rank)
@@ -272,6 +277,7 @@ class WorkerRun:
             train.grad_clip,
             self.precision,
             self.no_sync,
+            self.experts,
         )
         if not math.isfinite(loss):
             raise self.diverged("loss", loss, state.step + 1)
@@ -321,7 +327,7 @@ class WorkerRun:
             dist.all_reduce(summed)
             loss = float(summed) / self.world
         tokens_per_s = self.tokens_per_step / seconds
-        return {
+        record = {
             "step": self.state.step,
             "loss": loss,
             "lr": lr,
@@ -331,6 +337,9 @@ class WorkerRun:
             "epoch": self.state.epoch,
             "mfu": model_flops_utilization(tokens_per_s, self.flops_per_token, self.peak_flops),
         }
+        if self.experts is not None:  # every rank's load since the last line
+            record.update(self.experts.summary(dist.all_reduce if self.world > 1 else None))
+        return record
 
     # -- evaluate and checkpoint -------------------------------------------------------------
 

@@ -14,6 +14,8 @@ GAUGES = {
     "tokens_per_s": "training throughput, all workers",
     "mfu": "model FLOPs utilization (0-1), GPU only",
     "ms_per_step": "wall time per optimizer step",
+    "balance_loss": "mixture of experts: Switch load-balancing loss, mean over layers (1 = even)",
+    "router_z_loss": "mixture of experts: router z-loss, mean over layers",
 }
 
 
@@ -31,12 +33,27 @@ class TrainMetrics:
         self.tokens = Counter(
             "raygpt_train_tokens", description="tokens trained on", tag_keys=("run",)
         )
+        self.expert_load = Gauge(
+            "raygpt_train_expert_load",
+            description="mixture of experts: fraction of a layer's routed tokens per expert",
+            tag_keys=("run", "layer", "expert"),
+        )
+        self.expert_entropy = Gauge(
+            "raygpt_train_expert_entropy",
+            description="mixture of experts: entropy of a layer's expert load (log n_expert: even)",
+            tag_keys=("run", "layer"),
+        )
         self._tokens_seen = tokens_seen
 
     def publish(self, record: dict[str, Any]) -> None:
         for key, gauge in self.gauges.items():
             if record.get(key) is not None:
                 gauge.set(float(record[key]), tags=self.tags)
+        for layer in record.get("experts", []):
+            tags = {**self.tags, "layer": str(layer["layer"])}
+            self.expert_entropy.set(layer["entropy"], tags=tags)
+            for expert, fraction in enumerate(layer["load"]):
+                self.expert_load.set(fraction, tags={**tags, "expert": str(expert)})
         seen = record.get("tokens_seen")
         if seen is not None and seen > self._tokens_seen:
             self.tokens.inc(seen - self._tokens_seen, tags=self.tags)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from raygpt.train.expert_load import load_range
 from raygpt.train.run_log import read_metrics
 
 POLL_S = 1.0
+LAYERS_SHOWN = 4  # a deeper mixture's line shows its most unbalanced layer
 
 
 def progress_line(record: dict[str, Any], max_iters: int) -> str:
@@ -26,7 +28,22 @@ def progress_line(record: dict[str, Any], max_iters: int) -> str:
         "mfu n/a" if record["mfu"] is None else f"mfu {record['mfu'] * 100:.1f}%",
         f"{record['ms_per_step']:.0f} ms/step",
     ]
+    if record.get("experts"):
+        parts.append(expert_part(record))
     return " | ".join(parts)
+
+
+def expert_part(record: dict[str, Any]) -> str:
+    """`balance 1.02 z 0.53 | L0 0.6-1.4x H 2.05 ...`: the router losses, then per sparse
+    layer its least and most loaded expert (x a uniform share) and the load's entropy."""
+    layers = record["experts"]
+    if len(layers) > LAYERS_SHOWN:
+        layers = [max(layers, key=lambda layer: load_range(layer)[1])]
+    part = f"balance {record['balance_loss']:.2f} z {record['router_z_loss']:.2f} |"
+    for layer in layers:
+        low, high = load_range(layer)
+        part += f" L{layer['layer']} {low:.1f}-{high:.1f}x H {layer['entropy']:.2f}"
+    return part
 
 
 def start_line(val_loss: float, max_iters: int) -> str:

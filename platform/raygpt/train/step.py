@@ -17,6 +17,7 @@ from torch import nn
 
 from raygpt.config import ModelConfig, TrainConfig
 from raygpt.model import GPT
+from raygpt.train.expert_load import ExpertLoad
 
 # Dense peak FLOP/s per GPU by name fragment and compute dtype, from the vendors' datasheets.
 # float32 training uses TF32 tensor cores on these parts. Checked in order: first match wins.
@@ -104,11 +105,14 @@ def train_step(
     grad_clip: float,
     precision: Precision,
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+    experts: ExpertLoad | None = None,
 ) -> float:
     """One optimizer step over gradient-accumulation micro-batches; returns the mean loss.
 
     `no_sync` (DDP's, or FSDP's equivalent) skips the gradient all-reduce on every
     micro-step but the last, where one all-reduce carries the accumulated gradients.
+    A mixture of experts trains on its router losses too (`experts`); the loss returned is
+    the cross-entropy alone.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -120,8 +124,10 @@ def train_step(
         with sync:
             with precision.autocast():
                 _, loss = model(x, y)
+            total += loss.detach() / steps
+            if experts is not None:
+                loss = loss + experts.loss()
             loss = loss / steps
-            total += loss.detach()
             if precision.scaler is not None:
                 precision.scaler.scale(loss).backward()
             else:
