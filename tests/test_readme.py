@@ -78,6 +78,11 @@ def test_every_config_and_override_loads(command):
     config = parts[config_at + 1]
     if "$" in config or not (REPO / config).is_file() or "sweep" in config:
         pytest.skip(f"{config} is made by an earlier command or is a sweep")
+    if "jobs/scaling.py" in command:  # a scaling study: its own YAML, every run checked
+        from raygpt.tune.scaling_config import load_scaling
+
+        load_scaling(REPO / config)
+        return
     overrides = [
         p for p in parts[config_at + 2 :] if re.fullmatch(r"\w+\.\w+=\S+", p) and "$" not in p
     ]

@@ -101,7 +101,8 @@ class Parametric:
 
     def loss(self, params: float | np.ndarray, tokens: float | np.ndarray) -> np.ndarray:
         n, d = np.asarray(params, dtype=float), np.asarray(tokens, dtype=float)
-        return self.E + self.A / n**self.alpha + self.B / d**self.beta
+        with np.errstate(over="ignore"):  # N^alpha past float range: that term is just 0
+            return self.E + self.A / n**self.alpha + self.B / d**self.beta
 
     @property
     def a(self) -> float:
