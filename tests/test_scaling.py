@@ -9,6 +9,7 @@ ended, then started again. Its processes join the session's Ray (--address).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -98,6 +99,10 @@ def test_the_size_rule_sets_width_and_heads_from_depth_and_counts_n_on_the_model
     size = measure(model)
     assert size.params == GPT(model).num_params()
     assert size.flops_per_token == 6 * size.params + 12 * 3 * 64 * 64
+    # A mixture of experts counts the experts a token goes through, as the training loop does.
+    sparse = dataclasses.replace(model, n_expert=4, n_expert_per_token=1)
+    expert = 3 * 64 * 256  # SwiGLU: gate and up (64 -> 256 each), down (256 -> 64)
+    assert measure(sparse).params == GPT(sparse).num_params() - 3 * 3 * expert
 
 
 EXPERIMENT = {

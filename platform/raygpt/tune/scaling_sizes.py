@@ -15,7 +15,8 @@ comes from the base experiment's model section.
 N is raygpt's non-embedding parameter count, `GPT.num_params()`, the same N the training
 loop's MFU uses: every weight multiplied once per token (the blocks and the output head; a
 tied token embedding counts once, as the head), lookup tables left out (learned positions,
-an untied token embedding). FLOPs per token are the training loop's too
+an untied token embedding); in a mixture of experts, only the experts a token is routed to
+(`model.moe.active_params`). FLOPs per token are the training loop's too
 (`train.step.flops_per_token`):
 
     F = 6 N + 12 x n_layer x n_embd x block_size
@@ -93,9 +94,11 @@ def measure(config: ModelConfig) -> ModelSize:
     import torch
 
     from raygpt.model import GPT
+    from raygpt.model.moe import active_params
 
     with torch.device("meta"):
-        params = GPT(config).num_params()
+        model = GPT(config)
+    params = active_params(model, model.num_params())
     return ModelSize(
         depth=config.n_layer,
         n_embd=config.n_embd,
