@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from raygpt.checkpoint.hf_files import read_hf_config, read_hf_tokenizer, read_hf_weights
 from raygpt.checkpoint.hf_moe import (
+    MOE_ARCHITECTURES,
     MOE_FAMILY,
     Names,
     export_kind,
@@ -34,13 +35,9 @@ from raygpt.errors import CheckpointError, RaygptError
 from raygpt.model import GPT
 
 FAMILY = ("llama", "mistral", "qwen2", *MOE_FAMILY)
-ARCHITECTURES = {
-    "llama": "LlamaForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-    "mixtral": "MixtralForCausalLM",
-    "qwen2_moe": "Qwen2MoeForCausalLM",
-}
-# HF's per-block names -> raygpt's; the joined ones are listed in JOINED.
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", **MOE_ARCHITECTURES}
+# HF's per-block names -> raygpt's, attention and norms; the joined ones are listed in JOINED.
+# The MLP's: DENSE_MLP, or a mixture's (hf_moe.sparse_mlp_names).
 BLOCK = {
     "input_layernorm": "ln_1",
     "post_attention_layernorm": "ln_2",

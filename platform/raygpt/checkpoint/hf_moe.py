@@ -24,7 +24,7 @@ from raygpt.config import ModelConfig
 from raygpt.errors import CheckpointError
 
 MOE_FAMILY = ("mixtral", "qwen2_moe")
-ARCHITECTURES = {"mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM"}
+MOE_ARCHITECTURES = {"mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM"}
 
 Names = tuple[dict[str, str], dict[str, tuple[str, ...]]]  # (HF -> ours, ours -> HF parts)
 
