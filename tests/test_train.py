@@ -109,21 +109,22 @@ def test_a_mixture_of_experts_trains_sharded_and_logs_its_expert_load(
             byte_shards,
             tmp_path / "moe",
             model=sparse,
-            train={"router_z_loss_weight": 0.01},
+            # one checkpoint (an FSDP gather) and the final export: the least a run saves
+            train={"max_iters": 4, "lr_decay_iters": 4, "eval_interval": 4, "log_interval": 2},
             scaling={"num_workers": 2, "strategy": "fsdp"},
         )
     )
     records = [r for r in read_metrics(result.run_dir) if "loss" in r]
-    assert [r["step"] for r in records] == [3, 6]
+    assert [r["step"] for r in records] == [2, 4]
     for record in records:
         (layer,) = record["experts"]
         assert layer["layer"] == 1 and len(layer["load"]) == 4
         assert sum(layer["load"]) == pytest.approx(1.0)
         assert 0 < layer["entropy"] <= math.log(4) + 1e-9
         assert record["balance_loss"] >= 1.0 and record["router_z_loss"] > 0
-        assert "| L1 " in progress_line(record, 6)
+        assert "| L1 " in progress_line(record, 4)
     model, meta = load_model(result.final_model)
-    assert meta.model.n_expert == 4 and meta.step == 6
+    assert meta.model.n_expert == 4 and meta.step == 4
     assert model.generate(torch.tensor([[1, 2, 3]]), 4, temperature=0).shape == (1, 7)
 
 
