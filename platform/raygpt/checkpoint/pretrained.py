@@ -132,7 +132,11 @@ def main() -> None:
     args = parser.parse_args()
     path = provision(args.name)
     meta = read_meta(path)
-    config = json.dumps({k: v for k, v in vars(meta.model).items() if v is not None})
+    settings = {k: v for k, v in vars(meta.model).items() if v is not None}
+    if not meta.model.n_expert:  # a dense model: the mixture-of-experts settings mean nothing
+        for key in ("n_expert", "n_expert_per_token", "shared_expert_hidden", "router_renormalize"):
+            settings.pop(key)
+    config = json.dumps(settings)
     print(f"{args.name} ready (sha256 verified): {path}\n  {MODELS[args.name].summary}\n  {config}")
 
 
