@@ -143,28 +143,28 @@ def measure(
     round runs each level on each server in turn, so the servers share the machine's slow and
     fast minutes (its speed drifts by tens of percent within an hour); tokens/s is the median
     of the rounds, latencies are over every round's requests."""
-    models = {}
+    models, warm = {}, Load(load.prompt, 8)  # warm: connections, first chunks, compiled shapes
     for name, url in servers.items():
         models[name] = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
-        warm = Load(load.prompt, 8)  # connections, first chunks, compiled shapes
         asyncio.run(run_level(url, models[name], 2, 2, warm))
-    runs: dict[tuple[str, int], list[tuple[list[RequestTiming], float]]] = {}
+    runs: dict[tuple[str, int], list[tuple[list[RequestTiming], float]]] = {}  # (timings, tok/s)
     for round_ in range(rounds):
         for concurrency in levels:
             each = max(1, round(requests / concurrency))
             for name, url in servers.items():
                 timings, wall = asyncio.run(run_level(url, models[name], concurrency, each, load))
-                runs.setdefault((name, concurrency), []).append((timings, wall))
                 rate = summarize(timings, wall)["tokens_per_s"]
+                runs.setdefault((name, concurrency), []).append((timings, rate))
                 print(
-                    f"  round {round_ + 1}, {name}, concurrency {concurrency}: {rate:.0f} tokens/s"
+                    f"  round {round_ + 1}, {name}, concurrency {concurrency}: {rate:.0f} tokens/s",
+                    flush=True,
                 )
     rows = {}
     for name in servers:
         rows[name] = []
         for concurrency in levels:
             done = runs[(name, concurrency)]
-            rates = [summarize(timings, wall)["tokens_per_s"] for timings, wall in done]
+            rates = [rate for _, rate in done]
             pooled = summarize([t for timings, _ in done for t in timings], 1.0)
             pooled.update(tokens_per_s=statistics.median(rates), low=min(rates), high=max(rates))
             rows[name].append((concurrency, pooled))
@@ -251,6 +251,11 @@ def main() -> None:
     if not variants or set(variants) - {"int8", "none"}:
         parser.error(f"--quantize takes int8, none or int8,none, not {args.quantize!r}")
     label = {"int8": "int8", "none": "fp32" if args.dtype == "float32" else "bf16"}
+    reserves = args.vllm_reserve.split(",")
+    if not all(r == "auto" or r.isdigit() for r in reserves):
+        parser.error(
+            f"--vllm-reserve takes auto or a number of CPUs per server, not {args.vllm_reserve!r}"
+        )
 
     from ray import serve
 
@@ -272,6 +277,7 @@ def main() -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         servers = {}
         with contextlib.ExitStack() as running:
+            running.callback(serve.shutdown)
             for quantize in variants:  # one app each, all up at once: the rounds alternate
                 settings = {
                     "checkpoint": checkpoint,
@@ -286,10 +292,9 @@ def main() -> None:
                 prefix = f"/{label[quantize]}"
                 serve.run(build_app(settings), name=f"bench-{label[quantize]}", route_prefix=prefix)
                 servers[f"raygpt {label[quantize]}"] = f"http://127.0.0.1:{args.port}{prefix}"
-            running.callback(serve.shutdown)
             if args.vllm:
                 folder = export_hf(model, meta, Path(tmp) / "hf")
-                for i, reserve in enumerate(args.vllm_reserve.split(",")):
+                for i, reserve in enumerate(reserves):
                     vllm = VllmServer(args.vllm, folder, args.port + 1 + i)
                     reserved = None if reserve == "auto" else int(reserve)
                     name = "vllm" if reserved is None else f"vllm rsv{reserved}"
