@@ -22,6 +22,13 @@ ENV RAYGPT_CACHE_DIR=/home/ray/.cache/raygpt \
     TIKTOKEN_CACHE_DIR=/home/ray/.cache/raygpt/tiktoken \
     PYTHONUNBUFFERED=1
 
+# Ray Serve's high-throughput mode on every node of the image (raygpt.ray_runtime's
+# SERVE_FAST_PATH, which a local Ray gets from init_ray): HAProxy takes port 8000 and
+# forwards to the ingress replicas' own HTTP servers (ports 30000+, reachable between
+# nodes), replicas call each other over gRPC.
+ENV RAY_SERVE_ENABLE_HA_PROXY=1 \
+    RAY_SERVE_THROUGHPUT_OPTIMIZED=1
+
 # torch first and alone: the largest layer, rebuilt only when constraints.txt changes. PyPI's
 # torch==2.13.0 for Linux x86_64 is a CUDA build that brings its own CUDA runtime (nvidia-*
 # wheels). To pick another CUDA build, pass its index, e.g.

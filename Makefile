@@ -38,10 +38,13 @@ demo: setup
 	$(PY) jobs/pipeline.py --config $(DEMO_CONFIG) $(DEMO_ARGS) --shutdown-serve
 
 # The demo's INT8 model served again (Ctrl-C stops it): the API and the playground page at
-# http://127.0.0.1:8000/playground.
+# http://127.0.0.1:8000/playground. `serve run` starts its own local Ray: it gets Ray Serve's
+# high-throughput mode here, as a local Ray from init_ray does (raygpt/ray_runtime.py).
 SERVE_CHECKPOINT ?= runs/demo/int8
+SERVE_FAST_PATH  ?= RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1 \
+	RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=1
 serve: setup
-	$(VENV)/bin/serve run serve_apps.app:build_app checkpoint=$(SERVE_CHECKPOINT)
+	$(SERVE_FAST_PATH) $(VENV)/bin/serve run serve_apps.app:build_app checkpoint=$(SERVE_CHECKPOINT)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -308,7 +308,8 @@ def main() -> None:
         f"raygpt {' and '.join(label[q] for q in variants)}, 1 replica, "
         f"{args.max_slots} slots, {args.threads} torch thread(s), "
         f"{args.max_tokens} tokens per request, chunks every "
-        f"{args.stream_interval}s, CPU {platform.machine()}, torch {torch.__version__}"
+        f"{args.stream_interval}s, CPU {platform.machine()}, torch {torch.__version__}, "
+        f"{serve_mode()}"
     )
     print(
         f"{'server':>11} {'streams':>7} {'requests':>8} {'HTTP tok/s':>10} {'vs 1':>6} "
@@ -343,6 +344,14 @@ def main() -> None:
     print("HTTP: streaming clients through the server; engine: raygpt's engine with the same")
     print("model and requests in this process, no HTTP; HTTP tok/s is the median of the rounds,")
     print("rounds tok/s their lowest and highest.")
+
+
+def serve_mode() -> str:
+    """The Serve switches this run's local Ray started with (raygpt.ray_runtime sets Ray's
+    high-throughput mode unless the environment says otherwise)."""
+    from raygpt.ray_runtime import SERVE_FAST_PATH
+
+    return " ".join(f"{name}={os.environ.get(name, '')}" for name in SERVE_FAST_PATH)
 
 
 class VllmServer:

@@ -342,6 +342,22 @@ def test_dockerfile_builds_on_the_pinned_ray_image_and_installs_with_the_pins():
     assert docker_env()["TIKTOKEN_CACHE_DIR"] == docker_env()["RAYGPT_CACHE_DIR"] + "/tiktoken"
 
 
+def test_every_way_of_starting_ray_serves_in_serves_high_throughput_mode():
+    """A local Ray from init_ray, `make serve`, the image (KubeRay) and cluster.yaml's nodes all
+    start Serve with the same switches (raygpt.ray_runtime.SERVE_FAST_PATH)."""
+    from raygpt.ray_runtime import LOCAL_SERVE_FAST_PATH, SERVE_FAST_PATH
+
+    assert SERVE_FAST_PATH.items() <= LOCAL_SERVE_FAST_PATH.items()
+    assert SERVE_FAST_PATH.items() <= docker_env().items()
+    options = CLUSTER["docker"]["run_options"]
+    cluster_env = dict(o.removeprefix("--env ").split("=", 1) for o in options if "--env" in o)
+    assert SERVE_FAST_PATH.items() <= cluster_env.items()
+    makefile = re.sub(r"\\\n", " ", (REPO / "Makefile").read_text())
+    serve_env = re.search(r"^SERVE_FAST_PATH\s*\?=(.*)$", makefile, flags=re.M).group(1)
+    assert dict(part.split("=", 1) for part in serve_env.split()) == LOCAL_SERVE_FAST_PATH
+    assert "$(SERVE_FAST_PATH) $(VENV)/bin/serve run" in makefile
+
+
 def dockerignored(path: str, patterns: list[str]) -> bool:
     parts = path.split("/")
     prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]

@@ -112,6 +112,24 @@ def test_service_info_health_models_and_docs(service):
     assert {"/v1/completions", "/v1/models", "/complete", "/health", "/"} <= set(paths)
 
 
+def test_a_local_ray_serves_http_through_haproxy_to_the_ingress_replicas(service):
+    """init_ray starts a local Ray in Serve's high-throughput mode: the service's port is
+    HAProxy's, and behind it each app's ingress replica answers on an HTTP server of its own
+    (Serve's direct-ingress ports, 30000 and up) instead of through the proxy actor."""
+    import psutil
+
+    listeners = {c.laddr.port: c.pid for c in psutil.net_connections("tcp") if c.status == "LISTEN"}
+    assert psutil.Process(listeners[8000]).name() == "haproxy"
+    replica_ports = sorted(
+        port
+        for port, pid in listeners.items()
+        if 30000 <= port < 31000 and "ServeRepli" in psutil.Process(pid).name()
+    )
+    assert len(replica_ports) == 2, listeners  # the two apps' ingress replicas
+    paths = {port: service.get(f"http://127.0.0.1:{port}/").status_code for port in replica_ports}
+    assert sorted(paths.values()) == [200, 404], paths  # the main app's, and /long's at /long
+
+
 def test_completion_and_its_stream_agree(service):
     whole = complete(service, "import json\n", max_tokens=24, temperature=0)
     (choice,) = whole["choices"]

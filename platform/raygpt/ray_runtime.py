@@ -19,6 +19,17 @@ from pathlib import Path
 MIN_LOCAL_CPUS = 4
 DATA_LOGGING = Path(__file__).parent / "data" / "logging.yaml"
 QUIET_LOGGERS = ("ray", "ray.serve", "ray.data", "ray.train", "ray.tune")
+# Ray Serve's high-throughput mode: HAProxy (bundled with ray[serve]) takes the HTTP port and
+# forwards to the ingress replicas' own HTTP servers, replicas call each other over gRPC, and
+# user code runs on the replica's event loop. The Python proxy actor's hop was most of what
+# serving added to each decode step (SmolLM2 fp32, 32 streams on 2 cores: 138-150 -> 116-122
+# ms a step; BENCHMARKS.md). cluster.yaml and configs/k8s set the same on every node; set
+# either to 0 in the environment to keep Serve's defaults. A stopping ingress replica waits
+# out a draining period (default 30 s) for load balancers to forget it; a local Ray's only
+# balancer is its own HAProxy, which Serve reconfigures and which retries a refused
+# connection.
+SERVE_FAST_PATH = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+LOCAL_SERVE_FAST_PATH = {**SERVE_FAST_PATH, "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
 
 _worker_logs_shown = True  # Ray's default, until init_ray decides
 
@@ -50,6 +61,8 @@ def init_ray(
         with quiet:
             ray.init(address=address, **kwargs)
         return
+    for name, value in LOCAL_SERVE_FAST_PATH.items():  # read by Serve's processes at start
+        os.environ.setdefault(name, value)
     cpus = num_cpus if num_cpus is not None else max(MIN_LOCAL_CPUS, os.cpu_count() or 1)
     if not verbose:
         # The raylet warns each time the workers it has started pass 4x, 8x, ... this many
