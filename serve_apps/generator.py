@@ -13,6 +13,7 @@ health check asks the engine, so a broken replica is replaced.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -112,7 +113,9 @@ class Generator:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[dict[str, Any]]:
         """Stream a request's updates: dicts of GenerationUpdate's fields. The first token
         goes out at once; later ones at most every stream_interval_s, merged, so 32 streams
-        cost the HTTP path 32 chunks per interval instead of 32 per decode step."""
+        cost the HTTP path 32 chunks per interval instead of 32 per decode step. The last
+        one goes out at once too: a client waiting for its answer's end (and then sending
+        its next request) never waits out the interval."""
         buffer = _UpdateBuffer(asyncio.get_running_loop())
         arrived = time.perf_counter()
         try:
@@ -126,7 +129,7 @@ class Generator:
         try:
             while not finished:
                 if last_yield is not None:
-                    await asyncio.sleep(max(0.0, last_yield + interval - time.perf_counter()))
+                    await buffer.hold(last_yield + interval - time.perf_counter())
                 updates = await buffer.take(timeout=HEALTH_POLL_S)
                 if not updates:  # nothing for a while: is the engine still working?
                     health = self.engine.health(self.settings.engine_stall_s)
@@ -193,13 +196,15 @@ class Generator:
 
 class _UpdateBuffer:
     """Updates from the engine's thread, picked up by the request's coroutine. The loop is
-    woken once per batch of updates (when the buffer turns non-empty), not once per token."""
+    woken once per batch of updates (when the buffer turns non-empty), not once per token,
+    and once more by the request's last update."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._items: list[GenerationUpdate] = []
         self._lock = threading.Lock()
         self._ready = asyncio.Event()
+        self._finished = asyncio.Event()
 
     def put(self, update: GenerationUpdate) -> None:  # on the engine's thread
         with self._lock:
@@ -207,6 +212,15 @@ class _UpdateBuffer:
             wake = len(self._items) == 1
         if wake:
             self._loop.call_soon_threadsafe(self._ready.set)
+        if update.finish_reason is not None:
+            self._loop.call_soon_threadsafe(self._finished.set)
+
+    async def hold(self, seconds: float) -> None:
+        """Let updates pile up for `seconds` (to go out merged), unless the last one comes."""
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await self._finished.wait()
 
     async def take(self, timeout: float | None = None) -> list[GenerationUpdate]:
         """What arrived since the last take; [] when nothing did within `timeout`."""

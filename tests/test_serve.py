@@ -27,6 +27,7 @@ from raygpt.model import GPT
 API_KEY_ENV = "RAYGPT_TEST_API_KEY"  # set by conftest before Ray starts, so replicas see it
 URL = "http://127.0.0.1:8000"
 LIMITS = dict(max_tokens_limit=48, max_prompts=4, max_request_bytes=4096)
+LONG_CHUNK_INTERVAL_S = 2.0  # the /long app merges a stream's tokens into one chunk this often
 CODE_PROMPTS = ["import json\n", "def ", "class Encoder:\n    def", "# ", "return ", "if x:\n"]
 
 
@@ -62,6 +63,7 @@ def service(ray_session, trained_tiny, tmp_path_factory):
         max_context=4096,
         max_tokens_limit=4000,
         request_timeout_s=1.5,
+        stream_interval_s=LONG_CHUNK_INTERVAL_S,
     )
     serve.run(build_app({**long, "api_key_env": "RAYGPT_UNSET"}), name="long", route_prefix="/long")
     client = httpx.Client(
@@ -453,6 +455,22 @@ def test_a_burst_past_the_queue_gets_429s_and_the_service_survives(service):
     assert service.get("/health").json()["status"] == "ok"
     after = complete(service, "import json\n", max_tokens=24, temperature=0)["choices"][0]["text"]
     assert after == before
+
+
+def test_a_streams_last_chunk_goes_out_without_waiting_for_the_chunk_interval(service):
+    """Tokens after the first go out merged, every 2 s on /long; the end of a stream goes out
+    at once. It used to wait out the interval (100 ms by default), and a client sending its
+    requests one after another waited with it."""
+    body = {"prompt": "a", "max_tokens": 200, "temperature": 0, "ignore_eos": True, "stream": True}
+    arrived = []
+    with service.stream("POST", "/long/v1/completions", json=body) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                arrived.append((time.monotonic(), json.loads(line[len("data: ") :])))
+    (first_at, first), (last_at, last) = arrived[0], arrived[-1]
+    assert len(arrived) >= 2 and first["choices"][0].get("finish_reason") is None
+    assert last["choices"][0]["finish_reason"] == "length"
+    assert last_at - first_at < LONG_CHUNK_INTERVAL_S, last_at - first_at
 
 
 def long_engine(service) -> dict:
