@@ -16,7 +16,7 @@ from raygpt.inference.engine import (
 )
 from raygpt.inference.text_stream import TextStream
 from raygpt.model import GPT
-from raygpt.model.gpt import PackedPrompts
+from raygpt.model.gpt import MixedStep, PackedPrompts, RowPositions
 from raygpt.model.int8 import quantize_model
 from raygpt.model.kv_cache import KVCache
 from raygpt.model.packed_linear import PackedLinear
@@ -139,6 +139,48 @@ def test_prompt_pieces_after_cached_positions_match_one_pass(block):
                 torch.testing.assert_close(b[r, :, :n], a[r, :, :n], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("block", [{}, MODERN], ids=["gpt2", "modern"])
+def test_a_mixed_step_gives_each_row_what_its_own_pass_gives(block):
+    """Prefill pieces and decoding rows in one pass (MixedStep): the decoding rows get the
+    logits of a batched decode step, the pieces (one continuing a cached prompt) those of a
+    packed prefill, and the cache the same keys and values."""
+    model = byte_model(**block)
+    decode_lengths = [7, 3]  # rows 0 and 1 decode; rows 2 and 3 are prefilled
+    lengths, rows, starts = [9, 4], [2, 3], [0, 6]
+    prompts = [torch.randint(0, 256, (1, n)) for n in [*decode_lengths, 6]]  # row 3: 6 cached
+    pieces = [torch.randint(0, 256, (1, n)) for n in lengths]
+    step_tokens = torch.tensor([[11], [12]])
+    caches = []
+    for _ in range(2):
+        cache = KVCache(model.config, 4)
+        with torch.no_grad():
+            for row, prompt in zip([0, 1, 3], prompts, strict=True):
+                model(prompt, cache=cache.rows(row, row + 1))
+        caches.append(cache)
+    two_passes, one_pass = caches
+    with torch.no_grad():
+        prefill, _ = model(
+            torch.cat(pieces, dim=1),
+            cache=two_passes,
+            start_pos=PackedPrompts(lengths, rows, torch.device("cpu"), starts),
+        )
+        decode, _ = model(step_tokens, cache=two_passes, start_pos=torch.tensor(decode_lengths))
+        mixed, _ = model(
+            torch.cat([*pieces, step_tokens.T], dim=1),
+            cache=one_pass,
+            start_pos=MixedStep(
+                PackedPrompts(lengths, rows, torch.device("cpu"), starts),
+                RowPositions(torch.tensor(decode_lengths)),
+            ),
+        )
+    assert mixed.shape == (4, 1, model.config.padded_vocab_size)
+    torch.testing.assert_close(mixed[:2], prefill, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mixed[2:], decode, atol=1e-5, rtol=1e-5)
+    for layer in range(model.config.n_layer):
+        for a, b in zip(two_passes.layer(layer), one_pass.layer(layer), strict=True):
+            torch.testing.assert_close(b[:, :, :10], a[:, :, :10], atol=1e-5, rtol=1e-5)
+
+
 def test_a_step_prefills_up_to_its_token_budget():
     """Queued prompts join in one pass until the budget; the one that does not fit starts with
     what is left of it, and the rest wait for the next step."""
@@ -151,9 +193,9 @@ def test_a_step_prefills_up_to_its_token_budget():
     engine.step()  # 10 + 10 + the first 5 of the third prompt (and one more in its decode)
     assert (engine.stats().active, engine.stats().queued) == (3, 1)
     assert [len(tokens_of(u)) for u in updates] == [2, 2, 0, 0]
-    engine.step()
+    engine.step()  # the rest of the third prompt and the fourth, with the first two decoding
     assert (engine.stats().active, engine.stats().queued) == (4, 0)
-    assert [len(tokens_of(u)) for u in updates] == [3, 3, 2, 2]
+    assert [len(tokens_of(u)) for u in updates] == [3, 3, 1, 1]
 
 
 def test_a_long_prompt_is_prefilled_in_pieces_while_other_rows_decode():
@@ -406,6 +448,32 @@ def test_a_failing_row_ends_alone():
     assert "cannot decode" in failing[-1].error
     assert going_on[-1].finish_reason == "length" and tokens_of(going_on) == second_alone
     assert engine.stats().requests_failed == 1
+
+
+def test_a_failed_prefill_ends_only_the_request_it_prefilled():
+    """A prompt joining decoding rows is one mixed pass; when that pass fails it is run
+    again as two, so the prefill's failure ends the joining request and nothing else."""
+    model = byte_model()
+    decoding, joining = [], []
+    engine = GenerationEngine(model, BYTES, max_slots=2)
+    engine.submit(greedy("x = 1", 10), decoding.append)
+    engine.step()
+    forward = model.forward
+
+    def prefill_breaks(idx, *args, start_pos=0, **kwargs):
+        if isinstance(start_pos, PackedPrompts | MixedStep) or idx.shape[1] > 1:
+            raise RuntimeError("prefill broke")
+        return forward(idx, *args, start_pos=start_pos, **kwargs)
+
+    model.forward = prefill_breaks
+    engine.submit(greedy("abc", 5), joining.append)
+    while not (decoding[-1].finish_reason and joining and joining[-1].finish_reason):
+        engine.step()
+    assert joining[-1].finish_reason == "error" and joining[-1].error_kind == "internal"
+    assert decoding[-1].finish_reason == "length"
+    del model.forward
+    expected = model.generate(torch.tensor([greedy("x = 1", 10).prompt]), 10, temperature=0)
+    assert tokens_of(decoding) == expected[0, 5:].tolist()
 
 
 def test_a_broken_model_makes_the_engine_unhealthy_and_requests_end():

@@ -8,14 +8,18 @@ several steps (chunked prefill), so a long prompt never stalls the rows already 
 for more than one budget's pass. Then every step decodes one token for all active rows
 together, each at its own position (`GPT.forward` with per-row positions), and chooses
 every row's token in one pass (greedy or sampled, each row from its own seeded stream); a
-row still prefilling feeds its next prompt token in that pass instead. A row leaves the
+row still prefilling feeds its next prompt token in that pass instead. While prompts join,
+prefill and decode are one pass (`MixedStep`: one matmul per weight for the new prompts'
+tokens and the decoding rows' together), so a burst of arrivals does not cost the rows
+already decoding a pass of their own per step. A row leaves the
 moment its request ends (stop token, stop string, max_tokens, the context window, or a
 cancel), and the next step may admit a new one: short requests never wait for long ones.
 Active rows are kept compacted at the front of the cache (a leaving row is overwritten by
 the last one), so a step reads `cache[:n]` as a view and copies nothing.
 
 A failure ends only the requests it belongs to: a failed prefill pass ends the requests it
-prefilled, a text-stream error its own row; only a failed decode pass ends every active row.
+prefilled, a text-stream error its own row; only a failed decode pass ends every active row
+(a failed mixed pass is run again as the two passes, so that rule holds for it too).
 The engine keeps a health record (failing steps in a row, the time of its last finished
 step) that a replica reports, and a dead engine answers every waiting request with an
 error.
@@ -43,7 +47,7 @@ from raygpt.inference.prompt_lookup import PromptLookup
 from raygpt.inference.speculation import SpeculationConfig, accept_greedy, accept_sampled
 from raygpt.inference.text_stream import TextStream
 from raygpt.model import GPT
-from raygpt.model.gpt import PackedPrompts
+from raygpt.model.gpt import MixedStep, PackedPrompts, RowPositions
 from raygpt.model.kv_cache import KVCache
 from raygpt.model.sampling import check_sampling, is_greedy, row_probs, sample_rows
 from raygpt.tokenizer import Tokenizer
@@ -364,7 +368,7 @@ class GenerationEngine:
     @torch.no_grad()
     def step(self) -> None:
         """Cancel, prefill up to the budget (admitting what fits), decode one token for every
-        active row."""
+        active row: one pass for both when it can (_prefill_and_decode), else two."""
         with self._lock:
             cancelled, self._cancelled = self._cancelled, set()
             dropped = [s for s in self._queue if s.id in cancelled]
@@ -374,10 +378,12 @@ class GenerationEngine:
             self._finish_update(sequence, "cancelled")
         self._leave([i for i, s in enumerate(self._slots) if s.id in cancelled], "cancelled")
         pieces = self._admit()
-        if pieces:
-            self._prefill(pieces)
-        if self._slots:
-            self._decode()
+        mixed = bool(pieces) and self._can_mix(pieces) and self._prefill_and_decode(pieces)
+        if not mixed:
+            if pieces:
+                self._prefill(pieces)
+            if self._slots:
+                self._decode()
         with self._lock:
             self._steps += 1
             self._last_step = time.monotonic()
@@ -429,6 +435,64 @@ class GenerationEngine:
         if done:
             chosen = self._choose(logits[done, -1], [sequences[i] for i in done])
             self._accept_all([rows[i] for i in done], [[t] for t in chosen])
+
+    def _can_mix(self, pieces: list[tuple[int, int]]) -> bool:
+        """Whether this step's prefill and decode can be one pass: some rows decode, the rows
+        being prefilled are the last ones (the decoding rows are a view of the cache's first
+        rows), and no row speculates (its proposals widen its row past one token)."""
+        rows = sorted(row for row, _ in pieces)
+        n = len(self._slots)
+        return (
+            len(pieces) < n
+            and rows == list(range(n - len(pieces), n))
+            and not self.speculation.enabled
+            and not self.static_decode
+        )
+
+    def _prefill_and_decode(self, pieces: list[tuple[int, int]]) -> bool:
+        """This step's prefill pieces and one token for every other row in one forward pass
+        (MixedStep): the rows decoding pay no pass of their own while prompts join, which is
+        what a burst of arrivals costs them. A row prefilled here takes its first token from
+        its piece and decodes from the next step. False when the pass fails: nothing was
+        kept, and the step runs as two passes, so a failure ends only the requests its own
+        pass held."""
+        n_decoding = len(self._slots) - len(pieces)
+        prefilled = [self._slots[row] for row, _ in pieces]
+        decoding = self._slots[:n_decoding]
+        lengths = [n for _, n in pieces]
+        starts = [s.cached for s in prefilled]
+        chunks = [
+            t
+            for s, n in zip(prefilled, lengths, strict=True)
+            for t in s.request.prompt[s.cached : s.cached + n]
+        ]
+        tokens = torch.tensor([chunks + [s.next_input() for s in decoding]], device=self.device)
+        cached = [s.cached for s in decoding]
+        positions = torch.tensor(cached, dtype=torch.long, device=self.device)
+        step = MixedStep(
+            PackedPrompts(lengths, [row for row, _ in pieces], self.device, starts),
+            RowPositions(positions, max(cached) + 1),
+        )
+        try:
+            logits, _ = self.model(tokens, cache=self.cache, start_pos=step)
+        except Exception as err:
+            logger.warning("a mixed prefill and decode pass failed (%s); retrying as two", err)
+            return False
+        with self._lock:
+            self._failed_forwards = 0
+        for sequence, n in zip(prefilled, lengths, strict=True):
+            sequence.cached += n
+        for sequence in decoding:
+            sequence.cached += 1
+        rows = [row for row, _ in pieces] + list(range(n_decoding))
+        sequences = prefilled + decoding
+        ready = sorted(
+            (i for i, s in enumerate(sequences) if not s.prefilling), key=lambda i: rows[i]
+        )
+        if ready:
+            chosen = self._choose(logits[ready, -1], [sequences[i] for i in ready])
+            self._accept_all([rows[i] for i in ready], [[t] for t in chosen])
+        return True
 
     def _decode(self) -> None:
         """One pass for every active row: its last token, and the tokens it proposes when the

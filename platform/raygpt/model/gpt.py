@@ -99,6 +99,25 @@ class PackedPrompts:
         self.mask = same & (self.positions[:, None] >= key_positions[None, :])  # (L, keys)
 
 
+class MixedStep:
+    """A step's prefill and its decode in one pass, one matmul per weight for both: `idx` is
+    (1, P + D), the prefill pieces back to back (`prefill`, P tokens), then one token for
+    each decoding row, cache rows 0..D-1 at their own positions (`decode`, as a batched
+    decode step of D rows). The logits are each piece's last, then each decoding row's:
+    (pieces + D, 1, vocab). Attention runs as the two passes would; only the matmuls and the
+    per-layer overhead are shared."""
+
+    def __init__(self, prefill: PackedPrompts, decode: RowPositions) -> None:
+        if decode.positions.shape[1] != 1:
+            raise ValueError("a mixed step decodes one token a row")
+        self.prefill, self.decode = prefill, decode
+        self.prefill_tokens = prefill.positions.numel()
+        self.positions = torch.cat([prefill.positions, decode.positions[:, 0]])  # (P + D,)
+        self.end = max(prefill.end, decode.end)
+        rows = torch.arange(decode.positions.shape[0], device=self.positions.device)
+        self.last = torch.cat([prefill.last, self.prefill_tokens + rows])
+
+
 @functools.cache
 def compiled_block_forward():
     """Block._forward compiled once for every block of every model: one graph per decode
@@ -150,7 +169,7 @@ class CausalSelfAttention(nn.Module):
         self,
         x: torch.Tensor,
         cache: LayerCache | None,
-        start_pos: int | RowPositions | PackedPrompts,
+        start_pos: int | RowPositions | PackedPrompts | MixedStep,
         rotation: Rotation | None,
     ) -> torch.Tensor:
         B, T, C = x.shape
@@ -160,6 +179,28 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if rotation is not None:
             q, k = rotate(q, rotation), rotate(k, rotation)
+        if isinstance(start_pos, MixedStep):  # the pieces, then one token per decoding row
+            P = start_pos.prefill_tokens
+            y = self._attend(q[:, :, :P], k[:, :, :P], v[:, :, :P], cache, start_pos.prefill)
+            # (1, H, D, hd) -> (D, H, 1, hd): each decoding row its own batch entry
+            rows = (t[:, :, P:].transpose(0, 2) for t in (q, k, v))
+            y_rows = self._attend(*rows, cache, start_pos.decode)
+            y = torch.cat([y, y_rows.transpose(0, 2)], dim=2)
+        else:
+            y = self._attend(q, k, v, cache, start_pos)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+    def _attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cache: LayerCache | None,
+        start_pos: int | RowPositions | PackedPrompts,
+    ) -> torch.Tensor:
+        """Write the new keys and values into the cache and attend: (B, H, T, hd)."""
+        B, _, T, _ = q.shape
         mask, causal = None, True
         if isinstance(start_pos, PackedPrompts):
             cache_k, cache_v = cache
@@ -185,8 +226,8 @@ class CausalSelfAttention(nn.Module):
                 # new queries see every cached position and the causal part of their own
                 causal = False
                 if T > 1:
-                    mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(start_pos)
-        y = F.scaled_dot_product_attention(
+                    mask = torch.ones(T, end, dtype=torch.bool, device=q.device).tril(start_pos)
+        return F.scaled_dot_product_attention(
             q,
             k,
             v,
@@ -195,8 +236,6 @@ class CausalSelfAttention(nn.Module):
             is_causal=causal,
             enable_gqa=self.n_kv_head != self.n_head,  # each k/v head serves n_head/K queries
         )
-        y = y.transpose(1, 2).reshape(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
@@ -233,7 +272,7 @@ class Block(nn.Module):
         self,
         x: torch.Tensor,
         cache: LayerCache | None = None,
-        start_pos: int | RowPositions | PackedPrompts = 0,
+        start_pos: int | RowPositions | PackedPrompts | MixedStep = 0,
         rotation: Rotation | None = None,
     ) -> torch.Tensor:
         if self.activation_checkpointing and self.training and cache is None:
@@ -244,7 +283,7 @@ class Block(nn.Module):
         self,
         x: torch.Tensor,
         cache: LayerCache | None,
-        start_pos: int | RowPositions | PackedPrompts,
+        start_pos: int | RowPositions | PackedPrompts | MixedStep,
         rotation: Rotation | None,
     ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, start_pos, rotation)
@@ -322,7 +361,7 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         *,
         cache: KVCache | None = None,
-        start_pos: int | torch.Tensor | PackedPrompts = 0,
+        start_pos: int | torch.Tensor | PackedPrompts | MixedStep = 0,
         last_logits_only: bool = False,
         attend_to: int | None = None,
         compiled: bool = False,
@@ -338,10 +377,11 @@ class GPT(nn.Module):
         tokens, default: read off start_pos), and `compiled` runs the blocks through
         compiled_block_forward (the first step of each shape family compiles, seconds).
         With PackedPrompts, `idx` (1, L) holds several prompts or pieces and the logits are
-        each one's last: (pieces, 1, vocab). Targets of -1 are ignored.
+        each one's last: (pieces, 1, vocab); with MixedStep, pieces and then decoding rows.
+        Targets of -1 are ignored.
         """
         B, T = idx.shape
-        if isinstance(start_pos, PackedPrompts):
+        if isinstance(start_pos, (PackedPrompts, MixedStep)):
             if cache is None or B != 1 or start_pos.positions.shape != (T,):
                 raise ValueError("packed prompts need a cache and one (1, L) row of tokens")
             last = start_pos.end - 1
@@ -380,7 +420,7 @@ class GPT(nn.Module):
                 logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1
             )
             return logits, loss
-        if isinstance(start_pos, PackedPrompts):
+        if isinstance(start_pos, (PackedPrompts, MixedStep)):
             x = x[0, start_pos.last, None]  # (prompts, 1, C)
         elif last_logits_only:
             x = x[:, -1:, :]
