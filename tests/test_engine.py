@@ -140,13 +140,17 @@ def test_prompt_pieces_after_cached_positions_match_one_pass(block):
 
 
 @pytest.mark.parametrize("block", [{}, MODERN], ids=["gpt2", "modern"])
-def test_a_mixed_step_gives_each_row_what_its_own_pass_gives(block):
+@pytest.mark.parametrize(
+    ("lengths", "rows", "starts"),
+    [([9, 4], [2, 3], [0, 6]), ([4], [3], [6]), ([9], [2], [0])],
+    ids=["two-pieces", "one-piece-after-cached", "one-prompt"],
+)
+def test_a_mixed_step_gives_each_row_what_its_own_pass_gives(block, lengths, rows, starts):
     """Prefill pieces and decoding rows in one pass (MixedStep): the decoding rows get the
-    logits of a batched decode step, the pieces (one continuing a cached prompt) those of a
-    packed prefill, and the cache the same keys and values."""
+    logits of a batched decode step, the pieces (a whole prompt, or the rest of one whose
+    start is cached) those of a pass of their own, and the cache the same keys and values."""
     model = byte_model(**block)
-    decode_lengths = [7, 3]  # rows 0 and 1 decode; rows 2 and 3 are prefilled
-    lengths, rows, starts = [9, 4], [2, 3], [0, 6]
+    decode_lengths = [7, 3]  # rows 0 and 1 decode; rows 2 and 3 may be prefilled
     prompts = [torch.randint(0, 256, (1, n)) for n in [*decode_lengths, 6]]  # row 3: 6 cached
     pieces = [torch.randint(0, 256, (1, n)) for n in lengths]
     step_tokens = torch.tensor([[11], [12]])
@@ -159,10 +163,11 @@ def test_a_mixed_step_gives_each_row_what_its_own_pass_gives(block):
         caches.append(cache)
     two_passes, one_pass = caches
     with torch.no_grad():
-        prefill, _ = model(
-            torch.cat(pieces, dim=1),
-            cache=two_passes,
-            start_pos=PackedPrompts(lengths, rows, torch.device("cpu"), starts),
+        prefill = torch.cat(
+            [  # each piece in a pass of its own, on its row
+                model(p, cache=two_passes.rows(r, r + 1), start_pos=a, last_logits_only=True)[0]
+                for p, r, a in zip(pieces, rows, starts, strict=True)
+            ]
         )
         decode, _ = model(step_tokens, cache=two_passes, start_pos=torch.tensor(decode_lengths))
         mixed, _ = model(
@@ -173,9 +178,10 @@ def test_a_mixed_step_gives_each_row_what_its_own_pass_gives(block):
                 RowPositions(torch.tensor(decode_lengths)),
             ),
         )
-    assert mixed.shape == (4, 1, model.config.padded_vocab_size)
-    torch.testing.assert_close(mixed[:2], prefill, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(mixed[2:], decode, atol=1e-5, rtol=1e-5)
+    pieces_count = len(lengths)
+    assert mixed.shape == (pieces_count + 2, 1, model.config.padded_vocab_size)
+    torch.testing.assert_close(mixed[:pieces_count], prefill, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mixed[pieces_count:], decode, atol=1e-5, rtol=1e-5)
     for layer in range(model.config.n_layer):
         for a, b in zip(two_passes.layer(layer), one_pass.layer(layer), strict=True):
             torch.testing.assert_close(b[:, :, :10], a[:, :, :10], atol=1e-5, rtol=1e-5)

@@ -189,6 +189,7 @@ class GenerationEngine:
         speculation: SpeculationConfig | None = None,
         draft_model: GPT | None = None,
         static_decode: bool | None = None,
+        mixed_steps: bool = True,
     ) -> None:
         """`max_context` caps the context window below the model's (SmolLM2's 8192 tokens in
         32 slots would need a 12 GB cache): prompt and completion together fit in it.
@@ -200,7 +201,9 @@ class GenerationEngine:
         `draft_model`, which must share the model's tokenizer. `static_decode` (default: on
         CUDA) runs plain decode steps over every slot and the whole cache, masked per row:
         the same shapes every step and no host sync inside it, so on CUDA the step is
-        captured once as a CUDA graph and replayed (inference/cuda_graph.py)."""
+        captured once as a CUDA graph and replayed (inference/cuda_graph.py). `mixed_steps`
+        False runs a step's prefill and decode as two passes even where one would do (for
+        benchmarks: what MixedStep saves)."""
         if max_slots < 1:
             raise ValueError(f"max_slots must be >= 1, got {max_slots}")
         self.model = model.eval()
@@ -209,6 +212,7 @@ class GenerationEngine:
         self.max_slots = max_slots
         self.max_queue = max_queue
         self.max_prefill_tokens = max_prefill_tokens
+        self.mixed_steps = mixed_steps
         self.block_size = min(model.config.block_size, max_context or model.config.block_size)
         self.device, dtype = model.param_device_dtype
         self.speculation = speculation or SpeculationConfig()
@@ -443,7 +447,8 @@ class GenerationEngine:
         rows = sorted(row for row, _ in pieces)
         n = len(self._slots)
         return (
-            len(pieces) < n
+            self.mixed_steps
+            and len(pieces) < n
             and rows == list(range(n - len(pieces), n))
             and not self.speculation.enabled
             and not self.static_decode

@@ -95,8 +95,12 @@ class PackedPrompts:
             self.key_positions = torch.arange(int(span.sum()), device=device)
             self.key_positions -= key_offsets[key_piece]
             key_positions = self.key_positions
-        same = piece[:, None] == key_piece[None, :]
-        self.mask = same & (self.positions[:, None] >= key_positions[None, :])  # (L, keys)
+        # One piece attends as a pass of its own (causal, reading its row's cache in place)
+        self.one_row = (rows[0], starts[0]) if len(lengths) == 1 else None
+        self.mask = None
+        if self.one_row is None:
+            same = piece[:, None] == key_piece[None, :]
+            self.mask = same & (self.positions[:, None] >= key_positions[None, :])  # (L, keys)
 
 
 class MixedStep:
@@ -202,6 +206,10 @@ class CausalSelfAttention(nn.Module):
         """Write the new keys and values into the cache and attend: (B, H, T, hd)."""
         B, _, T, _ = q.shape
         mask, causal = None, True
+        if isinstance(start_pos, PackedPrompts) and start_pos.one_row is not None:
+            row, start = start_pos.one_row
+            cache_k, cache_v = cache
+            return self._attend(q, k, v, (cache_k[row : row + 1], cache_v[row : row + 1]), start)
         if isinstance(start_pos, PackedPrompts):
             cache_k, cache_v = cache
             cache_k[start_pos.rows, :, start_pos.positions] = k[0].transpose(0, 1)
