@@ -170,6 +170,10 @@ class _Sequence:
     def prefilling(self) -> bool:
         return self.cached < len(self.request.prompt)
 
+    def next_piece(self, n: int) -> list[int]:
+        """Its next `n` prompt tokens to prefill, after those already cached."""
+        return self.request.prompt[self.cached : self.cached + n]
+
     def next_input(self) -> int:
         """What this row feeds the decode step: its next prompt token while the prompt is not
         all cached (chunked prefill), else the token it sampled last."""
@@ -419,18 +423,10 @@ class GenerationEngine:
         sequences = [self._slots[row] for row in rows]
         starts = [s.cached for s in sequences]
         lengths = [n for _, n in pieces]
-        chunks = [
-            s.request.prompt[s.cached : s.cached + n]
-            for s, n in zip(sequences, lengths, strict=True)
-        ]
+        chunks = [s.next_piece(n) for s, n in zip(sequences, lengths, strict=True)]
         tokens = torch.tensor([[t for chunk in chunks for t in chunk]], device=self.device)
-        if len(pieces) == 1:  # one row: causal attention after its cached positions
-            cache = self.cache.rows(rows[0], rows[0] + 1)
-            kwargs = dict(cache=cache, start_pos=starts[0], last_logits_only=True)
-        else:
-            packed = PackedPrompts(lengths, rows, self.device, starts)
-            kwargs = dict(cache=self.cache, start_pos=packed)
-        logits = self._forward(rows, tokens, **kwargs)
+        packed = PackedPrompts(lengths, rows, self.device, starts)
+        logits = self._forward(rows, tokens, cache=self.cache, start_pos=packed)
         if logits is None:
             return
         for sequence, n in zip(sequences, lengths, strict=True):
@@ -466,11 +462,7 @@ class GenerationEngine:
         decoding = self._slots[:n_decoding]
         lengths = [n for _, n in pieces]
         starts = [s.cached for s in prefilled]
-        chunks = [
-            t
-            for s, n in zip(prefilled, lengths, strict=True)
-            for t in s.request.prompt[s.cached : s.cached + n]
-        ]
+        chunks = [t for s, n in zip(prefilled, lengths, strict=True) for t in s.next_piece(n)]
         tokens = torch.tensor([chunks + [s.next_input() for s in decoding]], device=self.device)
         cached = [s.cached for s in decoding]
         positions = torch.tensor(cached, dtype=torch.long, device=self.device)

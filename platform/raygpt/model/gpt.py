@@ -78,15 +78,23 @@ class PackedPrompts:
         length = torch.tensor(lengths, device=device)
         start = torch.tensor(starts, device=device)
         row = torch.tensor(rows, device=device)
-        piece = torch.repeat_interleave(torch.arange(len(lengths), device=device), length)
+        piece = torch.repeat_interleave(
+            torch.arange(len(lengths), device=device), length, output_size=sum(lengths)
+        )
         offsets = length.cumsum(0) - length  # where each piece begins in idx
         self.rows = row[piece]  # (L,): each token's cache row
-        self.positions = torch.arange(int(length.sum()), device=device) - offsets[piece]
+        self.positions = torch.arange(sum(lengths), device=device) - offsets[piece]
         self.positions += start[piece]
         self.last = offsets + length - 1  # each piece's last token: where its logits are read
         self.end = max(s + n for s, n in zip(starts, lengths, strict=True))
-        key_piece, key_positions = piece, self.positions
+        # One piece attends as a pass of its own (causal, reading its row's cache in place):
+        # it needs neither the key gather nor the block mask below.
+        self.one_row = (rows[0], starts[0]) if len(lengths) == 1 else None
         self.key_rows = self.key_positions = None  # None: attention sees only the new keys
+        self.mask = None
+        if self.one_row is not None:
+            return
+        key_piece, key_positions = piece, self.positions
         if any(starts):  # keys are read back from the cache: each row from position 0
             span = start + length
             key_piece = torch.repeat_interleave(torch.arange(len(lengths), device=device), span)
@@ -95,12 +103,8 @@ class PackedPrompts:
             self.key_positions = torch.arange(int(span.sum()), device=device)
             self.key_positions -= key_offsets[key_piece]
             key_positions = self.key_positions
-        # One piece attends as a pass of its own (causal, reading its row's cache in place)
-        self.one_row = (rows[0], starts[0]) if len(lengths) == 1 else None
-        self.mask = None
-        if self.one_row is None:
-            same = piece[:, None] == key_piece[None, :]
-            self.mask = same & (self.positions[:, None] >= key_positions[None, :])  # (L, keys)
+        same = piece[:, None] == key_piece[None, :]
+        self.mask = same & (self.positions[:, None] >= key_positions[None, :])  # (L, keys)
 
 
 class MixedStep:
