@@ -231,6 +231,12 @@ def main() -> None:
     parser.add_argument(
         "--dtype", default="float32", choices=["float32", "bfloat16"], help="with --quantize none"
     )
+    parser.add_argument(
+        "--layout",
+        default="graph",
+        help="graph (Ingress -> Generator), colocated (the engine in the ingress replica), "
+        "or both in turn: graph,colocated",
+    )
     parser.add_argument("--max-slots", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the replica")
     parser.add_argument("--stream-interval", type=float, default=0.1, help="seconds per chunk")
@@ -251,6 +257,10 @@ def main() -> None:
     if not variants or set(variants) - {"int8", "none"}:
         parser.error(f"--quantize takes int8, none or int8,none, not {args.quantize!r}")
     label = {"int8": "int8", "none": "fp32" if args.dtype == "float32" else "bf16"}
+    layouts = args.layout.split(",")
+    if not layouts or set(layouts) - {"graph", "colocated"}:
+        parser.error(f"--layout takes graph, colocated or graph,colocated, not {args.layout!r}")
+    suffix = {"graph": "", "colocated": " colo"}
     reserves = args.vllm_reserve.split(",")
     if not all(r == "auto" or r.isdigit() for r in reserves):
         parser.error(
@@ -278,7 +288,8 @@ def main() -> None:
         servers = {}
         with contextlib.ExitStack() as running:
             running.callback(serve.shutdown)
-            for quantize in variants:  # one app each, all up at once: the rounds alternate
+            # one app each, all up at once: the rounds alternate
+            for quantize, layout in itertools.product(variants, layouts):
                 settings = {
                     "checkpoint": checkpoint,
                     "quantize": quantize,
@@ -288,10 +299,12 @@ def main() -> None:
                     "stream_interval_s": args.stream_interval,
                     "max_tokens_limit": args.max_tokens,
                     "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+                    "colocate": layout == "colocated",
                 }
-                prefix = f"/{label[quantize]}"
-                serve.run(build_app(settings), name=f"bench-{label[quantize]}", route_prefix=prefix)
-                servers[f"raygpt {label[quantize]}"] = f"http://127.0.0.1:{args.port}{prefix}"
+                name = f"{label[quantize]}{suffix[layout]}"
+                prefix = "/" + name.replace(" ", "-")
+                serve.run(build_app(settings), name=f"bench-{prefix[1:]}", route_prefix=prefix)
+                servers[f"raygpt {name}"] = f"http://127.0.0.1:{args.port}{prefix}"
             if args.vllm:
                 folder = export_hf(model, meta, Path(tmp) / "hf")
                 for i, reserve in enumerate(reserves):
@@ -305,28 +318,29 @@ def main() -> None:
 
     print(
         f"\n{Path(checkpoint).name if args.checkpoint else f'{args.random} shape (random)'}, "
-        f"raygpt {' and '.join(label[q] for q in variants)}, 1 replica, "
+        f"raygpt {' and '.join(label[q] for q in variants)}, "
+        f"{' and '.join(layouts)}, 1 replica, "
         f"{args.max_slots} slots, {args.threads} torch thread(s), "
         f"{args.max_tokens} tokens per request, chunks every "
         f"{args.stream_interval}s, CPU {platform.machine()}, torch {torch.__version__}, "
         f"{serve_mode()}"
     )
     print(
-        f"{'server':>11} {'streams':>7} {'requests':>8} {'HTTP tok/s':>10} {'vs 1':>6} "
+        f"{'server':>16} {'streams':>7} {'requests':>8} {'HTTP tok/s':>10} {'vs 1':>6} "
         f"{'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'errors':>6} "
         f"{'engine tok/s':>12} {'vs 1':>6} {'rounds tok/s':>13}"
     )
     for server, server_rows in rows.items():
         base = server_rows[0][1]["tokens_per_s"] or float("nan")  # nan: every request failed
         for concurrency, r in server_rows:
-            rates = in_process.get(server.removeprefix("raygpt "))
+            rates = in_process.get(server.split()[1]) if server.startswith("raygpt") else None
             engine = (
                 f"{rates[concurrency]:>12.0f} {rates[concurrency] / rates[levels[0]]:>5.1f}x"
                 if rates
                 else f"{'-':>12} {'-':>6}"
             )
             print(
-                f"{server:>11} {concurrency:>7} {r['requests']:>8} {r['tokens_per_s']:>10.0f} "
+                f"{server:>16} {concurrency:>7} {r['requests']:>8} {r['tokens_per_s']:>10.0f} "
                 f"{r['tokens_per_s'] / base:>5.1f}x {r['ttft_p50'] * 1e3:>7.0f}ms "
                 f"{r['ttft_p99'] * 1e3:>7.0f}ms {r['itl_p50'] * 1e3:>6.1f}ms "
                 f"{r['itl_p99'] * 1e3:>6.1f}ms {r['errors']:>6} {engine} "
@@ -334,7 +348,10 @@ def main() -> None:
             )
     ours = [n for n in rows if n.startswith("raygpt")]
     pairs = [(n, v) for n in ours for v in rows if v.startswith("vllm")]
-    pairs += [(n, o) for n in ours if n.endswith("int8") for o in ours if o != n]
+    same_layout = [(n, o) for n in ours for o in ours if o != n and o.split()[2:] == n.split()[2:]]
+    pairs += [(n, o) for n, o in same_layout if n.split()[1] == "int8"]
+    graph_twin = {n: n.removesuffix(" colo") for n in ours if n.endswith(" colo")}
+    pairs += [(n, twin) for n, twin in graph_twin.items() if twin in ours]
     for name, other in pairs:
         ratios = ", ".join(
             f"{c} streams {r['tokens_per_s'] / (v['tokens_per_s'] or float('nan')):.2f}x"

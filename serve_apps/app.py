@@ -1,4 +1,5 @@
-"""The completion service as one deployment graph: Ingress -> Generator.
+"""The completion service as one deployment graph: Ingress -> Generator (or, with
+`colocate: true`, one Ingress deployment whose replicas hold the engine).
 
     serve run serve_apps/serve_config.yaml
     serve run serve_apps.app:build_app checkpoint=runs/tiny_cpu/final
@@ -35,11 +36,11 @@ def build_app(args: dict[str, Any]) -> Application:
     checkpoint_format(settings.checkpoint)  # a wrong path fails here, before any replica starts
     scaling = settings.autoscaling
     backpressure = BackpressureConfig(status_code=429, retry_after_s=settings.retry_after_s)
-    generator = Generator.options(
+    engine_replicas = dict(
         ray_actor_options={"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus},
         # The engine batches whatever a replica holds: let it hold its slots and a queue of
         # as many again, then Serve routes elsewhere, queues at the caller up to
-        # max_queued_requests, and past that refuses (the ingress answers 429).
+        # max_queued_requests, and past that refuses (429).
         max_ongoing_requests=2 * settings.max_slots,
         max_queued_requests=settings.max_queued_requests,
         backpressure_config=backpressure,
@@ -53,6 +54,13 @@ def build_app(args: dict[str, Any]) -> Application:
         },
     )
     settings_dict = settings.model_dump()
+    if settings.colocate:
+        # One deployment: each ingress replica holds an engine. Its own queue (max_queue) is
+        # the limit, answered with the ingress's JSON 429; Serve's would be a plain-text one.
+        colocated = {**engine_replicas, "max_ongoing_requests": INGRESS_ONGOING}
+        colocated["max_queued_requests"] = INGRESS_ONGOING
+        return Ingress.options(**colocated).bind(None, settings_dict)
+    generator = Generator.options(**engine_replicas)
     ingress = Ingress.options(
         ray_actor_options={"num_cpus": 0.1},
         # The ingress only waits on generators: it holds many requests, and its own queue at

@@ -56,6 +56,8 @@ from serve_apps.errors import (
     invalid_body,
     overloaded,
 )
+from serve_apps.generator import Generator
+from serve_apps.generator_client import GeneratorClient, LocalGenerator, RemoteGenerator
 from serve_apps.limits import BodyLimit
 from serve_apps.metrics import IngressMetrics
 from serve_apps.settings import ServeSettings
@@ -89,9 +91,14 @@ ENDPOINTS = [f"{method} {path}" for method, path, *_ in ROUTES]
 @serve.deployment(name="Ingress")
 @serve.ingress()
 class Ingress:
-    async def __init__(self, generator: DeploymentHandle, settings: dict[str, Any]) -> None:
-        self.generator = generator
+    async def __init__(self, generator: DeploymentHandle | None, settings: dict[str, Any]) -> None:
         self.settings = ServeSettings.model_validate(settings)
+        # No handle: the app is colocated, and this replica holds the engine itself.
+        self.generator: GeneratorClient = (
+            LocalGenerator(Generator.func_or_class(settings))
+            if generator is None
+            else RemoteGenerator(generator)
+        )
         self.api_key = read_api_key(self.settings)
         if self.api_key is None:
             logger.warning(
@@ -100,9 +107,9 @@ class Ingress:
                 self.settings.api_key_env,
             )
         # Waits for a generator replica: the ingress is ready when the model is.
-        self.info = await generator.info.remote()
+        self.info = await self.generator.info()
         self.model_name = self.info["model"]
-        vocabulary = await generator.vocabulary.remote()
+        vocabulary = await self.generator.vocabulary()
         self.tokenizer = load_tokenizer(
             vocabulary["kind"], vocabulary["tokenizer_json"], vocabulary["special_tokens"]
         )
@@ -134,6 +141,10 @@ class Ingress:
                 response_model=response,  # a StreamingResponse passes through as it is
             )
         return api
+
+    def check_health(self) -> None:
+        """Serve's periodic probe; a colocated engine that stalls or stopped fails it."""
+        self.generator.check_health()
 
     # -- guards ------------------------------------------------------------------------------
 
@@ -172,7 +183,7 @@ class Ingress:
 
     async def health(self) -> JSONResponse:
         try:
-            stats = await asyncio.wait_for(self.generator.stats.remote(), timeout=10)
+            stats = await asyncio.wait_for(self.generator.stats(), timeout=10)
         except Exception as err:
             return error_response(
                 503, f"the generator does not answer: {type(err).__name__}: {err}"
@@ -357,7 +368,7 @@ class Ingress:
 
     def generate(self, request: GenerationRequest):
         """The generator's stream of updates for one prompt."""
-        return self.generator.options(stream=True).generate.remote(request)
+        return self.generator.generate(request)
 
     async def first_update(self, stream) -> dict[str, Any]:
         """A stream's first update; 429 when the generators' queues are full."""

@@ -65,6 +65,10 @@ class ServeSettings(BaseModel):
     # tokens): keeps the HTTP path's per-chunk cost from capping many streams' throughput.
     stream_interval_s: float = Field(0.1, ge=0)
     autoscaling: AutoscalingSettings = AutoscalingSettings()
+    # The engine inside the ingress replica: one process per replica, no hop per streamed
+    # chunk (SmolLM2 fp32 on 2 CPU cores: see BENCHMARKS.md); HTTP and engines then scale
+    # together. false: the deployment graph, Ingress -> Generator, each scaled on its own.
+    colocate: bool = False
     # Request limits: answered 400 (413 for the body) with the limit in the message.
     max_tokens_limit: int = Field(256, ge=1)
     max_prompts: int = Field(8, ge=1)  # prompts in one /v1/completions request

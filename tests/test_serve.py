@@ -2,7 +2,8 @@
 
 One Serve instance for the module: the main app serves the INT8 tiny model trained by the
 `trained_tiny` fixture (with an API key); a second app serves a random model with a long
-context, so a stream lasts long enough to hang up on it.
+context, so a stream lasts long enough to hang up on it; a third serves that model again,
+colocated (the engine inside the ingress replica: `colocate: true`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def service(ray_session, trained_tiny, tmp_path_factory):
         stream_interval_s=LONG_CHUNK_INTERVAL_S,
     )
     serve.run(build_app({**long, "api_key_env": "RAYGPT_UNSET"}), name="long", route_prefix="/long")
+    # 4 slots and 4 queued: a burst of 40 overflows the colocated engine's own queue
+    colocated = {**long, "colocate": True, "max_slots": 4, "max_queue": 4}
+    colocated["api_key_env"] = "RAYGPT_UNSET"
+    serve.run(build_app(colocated), name="colo", route_prefix="/colo")
     client = httpx.Client(
         base_url=URL, timeout=120, headers={"Authorization": f"Bearer {_api_key()}"}
     )
@@ -86,11 +91,12 @@ def complete(client: httpx.Client, prompt, **fields) -> dict:
     return response.json()
 
 
-def stream(client: httpx.Client, prompt, **fields) -> tuple[list[dict], list[str]]:
-    """The JSON chunks of a streamed completion, and the raw `data:` lines."""
+def stream(client: httpx.Client, prompt, app="", **fields) -> tuple[list[dict], list[str]]:
+    """The JSON chunks of a streamed completion (of the app at route prefix `app`), and the
+    raw `data:` lines."""
     lines = []
     body = {"prompt": prompt, "stream": True, **fields}
-    with client.stream("POST", "/v1/completions", json=body) as response:
+    with client.stream("POST", f"{app}/v1/completions", json=body) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in response.iter_lines() if line]
@@ -127,9 +133,10 @@ def test_a_local_ray_serves_http_through_haproxy_to_the_ingress_replicas(service
         for port, pid in listeners.items()
         if 30000 <= port < 31000 and "ServeRepli" in psutil.Process(pid).name()
     )
-    assert len(replica_ports) == 2, listeners  # the two apps' ingress replicas
+    assert len(replica_ports) == 3, listeners  # the three apps' ingress replicas
     paths = {port: service.get(f"http://127.0.0.1:{port}/").status_code for port in replica_ports}
-    assert sorted(paths.values()) == [200, 404], paths  # the main app's, and /long's at /long
+    # the main app's at /, then /long's and /colo's, which answer only under their prefixes
+    assert sorted(paths.values()) == [200, 404, 404], paths
 
 
 def test_completion_and_its_stream_agree(service):
@@ -279,13 +286,14 @@ def test_a_missing_or_wrong_api_key_is_401(service, header):
     assert service.get("/v1/models").status_code == 200
 
 
-def test_a_client_that_hangs_up_frees_its_slot(service):
+@pytest.mark.parametrize("app", ["/long", "/colo"])
+def test_a_client_that_hangs_up_frees_its_slot(service, app):
     def engine() -> dict:
-        return service.get("/long/health").json()["engine"]
+        return service.get(f"{app}/health").json()["engine"]
 
     before = engine()["requests_cancelled"]
     body = {"prompt": "a", "max_tokens": 4000, "temperature": 0, "ignore_eos": True, "stream": True}
-    with service.stream("POST", "/long/v1/completions", json=body) as response:
+    with service.stream("POST", f"{app}/v1/completions", json=body) as response:
         lines = (line for line in response.iter_lines() if line)
         received = [next(lines) for _ in range(3)]
     assert all(line.startswith("data: ") for line in received)
@@ -473,23 +481,74 @@ def test_a_streams_last_chunk_goes_out_without_waiting_for_the_chunk_interval(se
     assert last_at - first_at < LONG_CHUNK_INTERVAL_S, last_at - first_at
 
 
-def long_engine(service) -> dict:
-    return service.get("/long/health").json()["engine"]
+def long_engine(service, app="/long") -> dict:
+    return service.get(f"{app}/health").json()["engine"]
 
 
-def test_a_timed_out_request_stops_generating(service):
+@pytest.mark.parametrize("app", ["/long", "/colo"])
+def test_a_timed_out_request_stops_generating(service, app):
     """After a 504 the generation used to run on to max_tokens, holding its slot."""
-    cancelled = long_engine(service)["requests_cancelled"]
+    cancelled = long_engine(service, app)["requests_cancelled"]
     body = {"prompt": "a", "max_tokens": 4000, "temperature": 0, "ignore_eos": True}
-    response = service.post("/long/v1/completions", json=body)
+    response = service.post(f"{app}/v1/completions", json=body)
     assert response.status_code == 504 and "request_timeout_s=1.5" in response.text
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        state = long_engine(service)
+        state = long_engine(service, app)
         if state["active"] == 0 and state["requests_cancelled"] == cancelled + 1:
             break
         time.sleep(0.2)
     assert (state["active"], state["requests_cancelled"]) == (0, cancelled + 1)
+
+
+def test_a_colocated_app_is_one_deployment_and_answers_as_the_graph_does(service):
+    """`colocate: true` runs the engine inside the ingress replica: no Generator deployment,
+    and the same answers as the graph (Ingress -> Generator) on the same model: greedy,
+    several at once, streamed or not; its /health reads the engine in the same process."""
+    from ray import serve
+
+    assert set(serve.status().applications["colo"].deployments) == {"Ingress"}
+    assert set(serve.status().applications["long"].deployments) == {"Ingress", "Generator"}
+    prompts = ["a", "bc", "hello world", "x = 1\n"]
+    fields = {"max_tokens": 40, "temperature": 0, "ignore_eos": True}
+
+    def text(app: str, prompt: str) -> str:
+        body = {"prompt": prompt, **fields}
+        response = service.post(f"{app}/v1/completions", json=body)
+        assert response.status_code == 200, response.text
+        return response.json()["choices"][0]["text"]
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        graph = list(pool.map(lambda p: text("/long", p), prompts))
+        colocated = list(pool.map(lambda p: text("/colo", p), prompts))
+    assert colocated == graph and len(set(graph)) > 1
+    chunks, _ = stream(service, prompts[2], app="/colo", **fields)
+    assert "".join(c["choices"][0]["text"] for c in chunks) == graph[2]
+    health = service.get("/colo/health").json()
+    assert health["status"] == "ok" and health["engine"]["requests_finished"] >= len(prompts) + 1
+
+
+def test_a_burst_past_a_colocated_engines_queue_gets_json_429s(service):
+    """A colocated replica takes every request to its engine, whose queue is the limit: past
+    it the ingress answers OpenAI's JSON 429, not Serve's plain-text refusal."""
+    body = {"prompt": "a", "max_tokens": 200, "temperature": 0, "ignore_eos": True}
+
+    async def burst(n: int):
+        limits = httpx.Limits(max_connections=n, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=URL, timeout=120, limits=limits) as client:
+            return await asyncio.gather(
+                *(client.post("/colo/v1/completions", json=body) for _ in range(n))
+            )
+
+    responses = asyncio.run(burst(40))
+    codes = [r.status_code for r in responses]
+    assert set(codes) == {200, 429} and codes.count(200) >= 4, codes
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    texts = {r.json()["choices"][0]["text"] for r in responses if r.status_code == 200}
+    assert len(texts) == 1
+    assert long_engine(service, "/colo")["active"] == 0
 
 
 def test_a_stream_whose_replica_dies_ends_with_an_error_event(service):
