@@ -105,6 +105,11 @@ def stream(client: httpx.Client, prompt, app="", **fields) -> tuple[list[dict], 
     return [json.loads(p) for p in payloads if p != "[DONE]"], payloads
 
 
+def engine_stats(service, app: str) -> dict:
+    """The engine's counters of the app at route prefix `app`, from its /health."""
+    return service.get(f"{app}/health").json()["engine"]
+
+
 def test_service_info_health_models_and_docs(service):
     info = service.get("/").json()
     assert info["model"] == "tiny" and info["tokenizer"] == "byte"
@@ -288,10 +293,7 @@ def test_a_missing_or_wrong_api_key_is_401(service, header):
 
 @pytest.mark.parametrize("app", ["/long", "/colo"])
 def test_a_client_that_hangs_up_frees_its_slot(service, app):
-    def engine() -> dict:
-        return service.get(f"{app}/health").json()["engine"]
-
-    before = engine()["requests_cancelled"]
+    before = engine_stats(service, app)["requests_cancelled"]
     body = {"prompt": "a", "max_tokens": 4000, "temperature": 0, "ignore_eos": True, "stream": True}
     with service.stream("POST", f"{app}/v1/completions", json=body) as response:
         lines = (line for line in response.iter_lines() if line)
@@ -299,7 +301,7 @@ def test_a_client_that_hangs_up_frees_its_slot(service, app):
     assert all(line.startswith("data: ") for line in received)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        state = engine()
+        state = engine_stats(service, app)
         if state["active"] == 0 and state["requests_cancelled"] == before + 1:
             break
         time.sleep(0.2)
@@ -437,19 +439,24 @@ def test_a_chunked_body_over_the_limit_is_413_while_reading(service):
     assert complete(service, "def ", max_tokens=2)["choices"][0]["finish_reason"] == "length"
 
 
+def burst(path: str, body: dict, n: int, headers: dict | None = None) -> list[httpx.Response]:
+    """n requests posted at once, each on a connection of its own."""
+
+    async def post_all():
+        limits = httpx.Limits(max_connections=n, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=URL, timeout=120, limits=limits) as client:
+            return await asyncio.gather(
+                *(client.post(path, json=body, headers=headers) for _ in range(n))
+            )
+
+    return asyncio.run(post_all())
+
+
 def test_a_burst_past_the_queue_gets_429s_and_the_service_survives(service):
     before = complete(service, "import json\n", max_tokens=24, temperature=0)["choices"][0]["text"]
     body = {"prompt": "def ", "max_tokens": 16, "temperature": 0}
     headers = {"Authorization": f"Bearer {_api_key()}"}
-
-    async def burst(n: int):
-        limits = httpx.Limits(max_connections=n, max_keepalive_connections=0)
-        async with httpx.AsyncClient(base_url=URL, timeout=120, limits=limits) as client:
-            return await asyncio.gather(
-                *(client.post("/v1/completions", json=body, headers=headers) for _ in range(n))
-            )
-
-    responses = asyncio.run(burst(300))
+    responses = burst("/v1/completions", body, 300, headers)
     codes = [r.status_code for r in responses]
     assert set(codes) <= {200, 429}, [r.text for r in responses if r.status_code not in (200, 429)][
         :3
@@ -481,20 +488,16 @@ def test_a_streams_last_chunk_goes_out_without_waiting_for_the_chunk_interval(se
     assert last_at - first_at < LONG_CHUNK_INTERVAL_S, last_at - first_at
 
 
-def long_engine(service, app="/long") -> dict:
-    return service.get(f"{app}/health").json()["engine"]
-
-
 @pytest.mark.parametrize("app", ["/long", "/colo"])
 def test_a_timed_out_request_stops_generating(service, app):
     """After a 504 the generation used to run on to max_tokens, holding its slot."""
-    cancelled = long_engine(service, app)["requests_cancelled"]
+    cancelled = engine_stats(service, app)["requests_cancelled"]
     body = {"prompt": "a", "max_tokens": 4000, "temperature": 0, "ignore_eos": True}
     response = service.post(f"{app}/v1/completions", json=body)
     assert response.status_code == 504 and "request_timeout_s=1.5" in response.text
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        state = long_engine(service, app)
+        state = engine_stats(service, app)
         if state["active"] == 0 and state["requests_cancelled"] == cancelled + 1:
             break
         time.sleep(0.2)
@@ -532,15 +535,7 @@ def test_a_burst_past_a_colocated_engines_queue_gets_json_429s(service):
     """A colocated replica takes every request to its engine, whose queue is the limit: past
     it the ingress answers OpenAI's JSON 429, not Serve's plain-text refusal."""
     body = {"prompt": "a", "max_tokens": 200, "temperature": 0, "ignore_eos": True}
-
-    async def burst(n: int):
-        limits = httpx.Limits(max_connections=n, max_keepalive_connections=0)
-        async with httpx.AsyncClient(base_url=URL, timeout=120, limits=limits) as client:
-            return await asyncio.gather(
-                *(client.post("/colo/v1/completions", json=body) for _ in range(n))
-            )
-
-    responses = asyncio.run(burst(40))
+    responses = burst("/colo/v1/completions", body, 40)
     codes = [r.status_code for r in responses]
     assert set(codes) == {200, 429} and codes.count(200) >= 4, codes
     refused = next(r for r in responses if r.status_code == 429)
@@ -548,7 +543,7 @@ def test_a_burst_past_a_colocated_engines_queue_gets_json_429s(service):
     assert refused.json()["error"]["type"] == "rate_limit_error"
     texts = {r.json()["choices"][0]["text"] for r in responses if r.status_code == 200}
     assert len(texts) == 1
-    assert long_engine(service, "/colo")["active"] == 0
+    assert engine_stats(service, "/colo")["active"] == 0
 
 
 def test_a_stream_whose_replica_dies_ends_with_an_error_event(service):
