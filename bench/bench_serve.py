@@ -283,9 +283,12 @@ def main() -> None:
         }
         model, meta = load_model(checkpoint)  # the tokenizer, and vLLM's export
         load = Load(checkpoint_tokenizer(meta).encode(PROMPT), args.max_tokens)
-        init_ray(num_cpus=4)
+        # Each app reserves a CPU for its engine (and 0.1 for a separate ingress): reserve
+        # enough for all of them, or the last app waits for a CPU that never frees.
+        init_ray(num_cpus=max(4, 2 * len(variants) * len(layouts)))
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         servers = {}
+        ours: dict[str, tuple[str, str]] = {}  # raygpt's servers: (precision, layout)
         with contextlib.ExitStack() as running:
             running.callback(serve.shutdown)
             # one app each, all up at once: the rounds alternate
@@ -305,6 +308,7 @@ def main() -> None:
                 prefix = "/" + name.replace(" ", "-")
                 serve.run(build_app(settings), name=f"bench-{prefix[1:]}", route_prefix=prefix)
                 servers[f"raygpt {name}"] = f"http://127.0.0.1:{args.port}{prefix}"
+                ours[f"raygpt {name}"] = (label[quantize], layout)
             if args.vllm:
                 folder = export_hf(model, meta, Path(tmp) / "hf")
                 for i, reserve in enumerate(reserves):
@@ -333,7 +337,7 @@ def main() -> None:
     for server, server_rows in rows.items():
         base = server_rows[0][1]["tokens_per_s"] or float("nan")  # nan: every request failed
         for concurrency, r in server_rows:
-            rates = in_process.get(server.split()[1]) if server.startswith("raygpt") else None
+            rates = in_process[ours[server][0]] if server in ours else None
             engine = (
                 f"{rates[concurrency]:>12.0f} {rates[concurrency] / rates[levels[0]]:>5.1f}x"
                 if rates
@@ -346,12 +350,13 @@ def main() -> None:
                 f"{r['itl_p99'] * 1e3:>6.1f}ms {r['errors']:>6} {engine} "
                 f"{r['low']:>6.0f}-{r['high']:<6.0f}"
             )
-    ours = [n for n in rows if n.startswith("raygpt")]
-    pairs = [(n, v) for n in ours for v in rows if v.startswith("vllm")]
-    same_layout = [(n, o) for n in ours for o in ours if o != n and o.split()[2:] == n.split()[2:]]
-    pairs += [(n, o) for n, o in same_layout if n.split()[1] == "int8"]
-    graph_twin = {n: n.removesuffix(" colo") for n in ours if n.endswith(" colo")}
-    pairs += [(n, twin) for n, twin in graph_twin.items() if twin in ours]
+    pairs = [(n, v) for n in ours for v in rows if v not in ours]
+    for name, (precision, layout) in ours.items():
+        for other, (other_precision, other_layout) in ours.items():
+            if precision == "int8" != other_precision and layout == other_layout:
+                pairs.append((name, other))  # INT8 vs float, same layout
+            if layout == "colocated" != other_layout and precision == other_precision:
+                pairs.append((name, other))  # colocated vs the graph, same precision
     for name, other in pairs:
         ratios = ", ".join(
             f"{c} streams {r['tokens_per_s'] / (v['tokens_per_s'] or float('nan')):.2f}x"
