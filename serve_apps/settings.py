@@ -45,8 +45,9 @@ class ServeSettings(BaseModel):
     # The context window served (prompt + completion), at most the model's: the KV cache holds
     # max_slots x max_context tokens (SmolLM2: 1.5 GB at 32 x 1024; its full 8192 would be 12).
     max_context: int = Field(1024, ge=2)
-    # Decode steps run compiled (torch.compile of each block: SmolLM2 INT8 on CPU 2.6x the
-    # eager fp32 rate); the replica compiles at start, seconds per model.
+    # Decode steps run compiled (all blocks in one compiled call, each block compiled once:
+    # SmolLM2 INT8 on CPU 2.6x the eager fp32 rate); the replica compiles at start, under a
+    # minute per model.
     compile_decode: bool = True
     # Speculative decoding: method none | ngram (prompt lookup: tokens copied from the
     # request's own text) | draft (a small model: `draft` is its checkpoint, or self:N for

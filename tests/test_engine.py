@@ -250,7 +250,7 @@ def test_a_long_prompt_is_prefilled_in_pieces_while_other_rows_decode():
     ],
 )
 def test_batched_greedy_equals_each_request_alone(block, weights, compiled):
-    """Eager or compiled decode steps (compiled_block_forward), rows joining and leaving:
+    """Eager or compiled decode steps (compiled_decode_blocks), rows joining and leaving:
     each request gets the tokens `generate` gives it alone. `packed` is how CPU serving lays
     out float weights (GPT.use_decode_layout: oneDNN-packed matmuls)."""
     model = byte_model(**block)

@@ -197,7 +197,7 @@ class GenerationEngine:
     ) -> None:
         """`max_context` caps the context window below the model's (SmolLM2's 8192 tokens in
         32 slots would need a 12 GB cache): prompt and completion together fit in it.
-        `compile_decode` runs the decode steps' blocks compiled (GPT.compile_decode).
+        `compile_decode` runs the decode steps' blocks compiled (gpt.compiled_decode_blocks).
         `max_prefill_tokens` bounds the prompt tokens one step prefills (a longer prompt is
         prefilled in pieces over several steps): the rows already decoding wait for that
         pass. `speculation` makes rows propose tokens each step that the model verifies in

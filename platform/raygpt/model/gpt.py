@@ -127,12 +127,30 @@ class MixedStep:
 
 
 @functools.cache
-def compiled_block_forward():
-    """Block._forward compiled once for every block of every model: one graph per decode
-    shape family (dynamic batch and length), reused by all layers, as each layer's weights
-    are its inputs. Fusing a block's small ops (norms, RoPE, SwiGLU, INT8's activation
-    digits) removes most of a CPU decode step's per-op overhead (bench/bench_pretrained.py)."""
-    return torch.compile(Block._forward, dynamic=True)
+def compiled_decode_blocks():
+    """Every block of a decode step as one compiled call: `run(blocks, x, caches, start_pos,
+    rotation)`. Each block is a nested compile region, traced and compiled once and reused
+    by every layer (each layer's weights are its inputs), so compiling costs about one
+    block's, and the step pays one call's guards and wrappers instead of one per layer.
+    Inside the block, fusing its small ops (norms, RoPE, SwiGLU, INT8's activation digits)
+    removes most of a CPU decode step's per-op overhead (bench/bench_pretrained.py). One
+    graph per decode shape family (dynamic batch and length) of each model shape."""
+    block = torch.compiler.nested_compile_region(Block._forward)
+
+    def run(blocks, x, caches, start_pos, rotation):
+        for layer, layer_cache in zip(blocks, caches, strict=True):
+            x = block(layer, x, layer_cache, start_pos, rotation)
+        return x
+
+    compiled = torch.compile(run, dynamic=True)
+
+    def call(*args):
+        # A region lifts its modules' float attributes (norm eps, dropout p) as inputs;
+        # traced symbolic, they fail inductor: they are constants of the model.
+        with torch._dynamo.config.patch(specialize_float=True):
+            return compiled(*args)
+
+    return call
 
 
 def rope_tables(config: ModelConfig, device: torch.device | None = None) -> Rotation:
@@ -387,7 +405,7 @@ class GPT(nn.Module):
         position (T > 1: speculated tokens verified in one pass, logits at each); every row
         then reads the first `attend_to` cache positions (at least the longest row's real
         tokens, default: read off start_pos), and `compiled` runs the blocks through
-        compiled_block_forward (the first step of each shape family compiles, seconds).
+        compiled_decode_blocks (the first step of each shape family compiles, seconds).
         With PackedPrompts, `idx` (1, L) holds several prompts or pieces and the logits are
         each one's last: (pieces, 1, vocab); with MixedStep, pieces and then decoding rows.
         Targets of -1 are ignored.
@@ -418,12 +436,12 @@ class GPT(nn.Module):
         else:
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
-        compiled = compiled and isinstance(start_pos, RowPositions)
-        for i, block in enumerate(self.transformer.h):
-            layer_cache = cache.layer(i) if cache is not None else None
-            if compiled:
-                x = compiled_block_forward()(block, x, layer_cache, start_pos, rotation)
-            else:
+        if compiled and isinstance(start_pos, RowPositions):
+            caches = [cache.layer(i) for i in range(len(self.transformer.h))]
+            x = compiled_decode_blocks()(self.transformer.h, x, caches, start_pos, rotation)
+        else:
+            for i, block in enumerate(self.transformer.h):
+                layer_cache = cache.layer(i) if cache is not None else None
                 x = block(x, layer_cache, start_pos, rotation)
         x = self.transformer.ln_f(x)
         if targets is not None:
