@@ -249,10 +249,12 @@ def test_a_long_prompt_is_prefilled_in_pieces_while_other_rows_decode():
         "modern-packed-bf16-compiled",
     ],
 )
-def test_batched_greedy_equals_each_request_alone(block, weights, compiled):
+def test_batched_greedy_equals_each_request_alone(block, weights, compiled, caplog):
     """Eager or compiled decode steps (compiled_decode_blocks), rows joining and leaving:
     each request gets the tokens `generate` gives it alone. `packed` is how CPU serving lays
-    out float weights (GPT.use_decode_layout: oneDNN-packed matmuls)."""
+    out float weights (GPT.use_decode_layout: oneDNN-packed matmuls). Compiled means
+    compiled: every variant here gets its own graphs, and past dynamo's recompile limit
+    the steps would silently run eagerly."""
     model = byte_model(**block)
     if weights == "int8":
         model = quantize_model(model)
@@ -277,6 +279,7 @@ def test_batched_greedy_equals_each_request_alone(block, weights, compiled):
             assert tokens_of(updates) == expected
             assert updates[-1].finish_reason == "length"
             assert "".join(u.text for u in updates) == BYTES.decode(expected)
+    assert not [r for r in caplog.records if "recompile_limit" in r.getMessage()]
 
 
 @pytest.mark.parametrize(

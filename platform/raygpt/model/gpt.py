@@ -129,25 +129,32 @@ class MixedStep:
 @functools.cache
 def compiled_decode_blocks():
     """Every block of a decode step as one compiled call: `run(blocks, x, caches, start_pos,
-    rotation)`. Each block is a nested compile region, traced and compiled once and reused
-    by every layer (each layer's weights are its inputs), so compiling costs about one
-    block's, and the step pays one call's guards and wrappers instead of one per layer.
-    Inside the block, fusing its small ops (norms, RoPE, SwiGLU, INT8's activation digits)
-    removes most of a CPU decode step's per-op overhead (bench/bench_pretrained.py). One
-    graph per decode shape family (dynamic batch and length) of each model shape."""
+    rotation)`. Each block is a nested compile region, compiled once and reused by every
+    layer (each layer's weights are its inputs), and the step pays one call's guards and
+    wrappers instead of one per layer: SmolLM2 fp32 on 2 cores, 8-18% shorter steps than
+    one compiled call per block, for a longer compile (67 s against 19 s on a fresh
+    machine, 20 s from inductor's cache; BENCHMARKS.md). Inside the block, fusing its small
+    ops (norms, RoPE, SwiGLU, INT8's activation digits) removes most of a CPU decode step's
+    per-op overhead (bench/bench_pretrained.py). Graphs: one per decode shape family (one
+    row; more, dynamic in batch and length) of each model shape and dtype."""
     block = torch.compiler.nested_compile_region(Block._forward)
 
     def run(blocks, x, caches, start_pos, rotation):
         for layer, layer_cache in zip(blocks, caches, strict=True):
-            x = block(layer, x, layer_cache, start_pos, rotation)
+            # a mixture runs eagerly (MoE.forward), a graph break no region may hold:
+            # its block is traced inline, the graph split around the dispatch
+            forward = Block._forward if isinstance(layer.mlp, MoE) else block
+            x = forward(layer, x, layer_cache, start_pos, rotation)
         return x
 
     compiled = torch.compile(run, dynamic=True)
 
     def call(*args):
         # A region lifts its modules' float attributes (norm eps, dropout p) as inputs;
-        # traced symbolic, they fail inductor: they are constants of the model.
-        with torch._dynamo.config.patch(specialize_float=True):
+        # traced symbolic, they fail inductor: they are constants of the model. Every model
+        # shape and dtype in the process has its own graphs of this one function (two per
+        # model: one row, more): past dynamo's default limit of 8 it would run eagerly.
+        with torch._dynamo.config.patch(specialize_float=True, recompile_limit=64):
             return compiled(*args)
 
     return call
