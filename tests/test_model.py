@@ -6,7 +6,7 @@ from raygpt.config import ModelConfig
 from raygpt.model import GPT
 from raygpt.model.kv_cache import KVCache
 from raygpt.model.packed_linear import PackedLinear
-from raygpt.model.sampling import invert_cdf, sample_next_token
+from raygpt.model.sampling import CDF_BLOCK, invert_cdf, sample_next_token
 
 SMALL = ModelConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=300, bias=False)
 MODERN = {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 2}
@@ -125,6 +125,25 @@ def test_sampling_draws_each_token_at_its_probability():
     assert bool((draws[:, 1] == 4).all())
     edge = invert_cdf(probs, torch.tensor([0.0, 1.0 - 2**-53], dtype=torch.float64))
     assert edge.tolist() == [0, 4]  # the ends of [0, 1) land on tokens of probability > 0
+
+
+def test_inverting_a_vocabulary_of_many_blocks_matches_one_cumulative_sum():
+    """The two-level inversion (block sums, then one block) picks what a float64 cumulative
+    sum of the whole row picks, across block edges and a part-filled last block, and the
+    ends of [0, 1) still land on tokens of weight > 0 when whole blocks weigh nothing."""
+    vocab = 3 * CDF_BLOCK + 77
+    weights = torch.rand(4, vocab, generator=torch.Generator().manual_seed(0)) ** 4
+    weights[:, : CDF_BLOCK + 5] = 0  # the first block and the next one's start
+    weights[1, 2 * CDF_BLOCK :] = 0  # row 1 ends one block and a tail early
+    weights[2, : vocab - 3] = 0  # row 2: only the tail's last tokens
+    uniforms = torch.rand(500, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    cdf = weights.double().cumsum(dim=-1)
+    for u in uniforms:
+        expected = torch.searchsorted(cdf, u[:, None] * cdf[:, -1:], right=True).squeeze(-1)
+        assert invert_cdf(weights, u).tolist() == expected.tolist()
+    for end in (0.0, 1.0 - 2**-53):
+        tokens = invert_cdf(weights, torch.full((4,), end, dtype=torch.float64))
+        assert bool((weights.gather(1, tokens[:, None]) > 0).all())
 
 
 def test_crop_block_size():

@@ -433,7 +433,7 @@ class GenerationEngine:
             sequence.cached += n
         done = [i for i, s in enumerate(sequences) if not s.prefilling]
         if done:
-            chosen = self._choose(logits[done, -1], [sequences[i] for i in done])
+            chosen = self._choose(_rows(logits, done)[:, -1], [sequences[i] for i in done])
             self._accept_all([rows[i] for i in done], [[t] for t in chosen])
 
     def _can_mix(self, pieces: list[tuple[int, int]]) -> bool:
@@ -487,7 +487,7 @@ class GenerationEngine:
             (i for i, s in enumerate(sequences) if not s.prefilling), key=lambda i: rows[i]
         )
         if ready:
-            chosen = self._choose(logits[ready, -1], [sequences[i] for i in ready])
+            chosen = self._choose(_rows(logits, ready)[:, -1], [sequences[i] for i in ready])
             self._accept_all([rows[i] for i in ready], [[t] for t in chosen])
         return True
 
@@ -530,7 +530,7 @@ class GenerationEngine:
         emitted: dict[int, list[int]] = {}
         plain = [i for i, s in enumerate(active) if not s.prefilling and not proposals[i][0]]
         if plain:
-            chosen = self._choose(logits[plain, 0], [active[i] for i in plain])
+            chosen = self._choose(_rows(logits, plain)[:, 0], [active[i] for i in plain])
             emitted.update((i, [token]) for i, token in zip(plain, chosen, strict=True))
         speculated = [i for i in range(n) if proposals[i][0]]
         if speculated:
@@ -610,9 +610,15 @@ class GenerationEngine:
     def _choose(self, logits: torch.Tensor, sequences: list[_Sequence]) -> list[int]:
         """Every row's next token in one pass: greedy rows take the argmax, sampled rows
         invert their distribution at a number drawn from their own generator, so a row gets
-        the same token alone or batched."""
+        the same token alone or batched. A kind that is every row reads `logits` in place:
+        a copy of 32 rows of SmolLM2's vocabulary costs more than the argmax."""
         logits = logits[:, : self.model.config.vocab_size]  # padded rows are never tokens
-        tokens = logits.argmax(dim=-1)
+        tokens = [0] * len(sequences)
+        greedy = [i for i, s in enumerate(sequences) if s.generator is None]
+        if greedy:
+            chosen = _rows(logits, greedy).argmax(dim=-1).tolist()
+            for i, token in zip(greedy, chosen, strict=True):
+                tokens[i] = token
         sampled = [i for i, s in enumerate(sequences) if s.generator is not None]
         if sampled:
             settings = [
@@ -624,9 +630,10 @@ class GenerationEngine:
                 )
                 for i in sampled
             ]
-            index = torch.tensor(sampled, device=self.device)
-            tokens[index] = sample_rows(logits[index], settings, torch.cat(uniforms))
-        return tokens.tolist()
+            chosen = sample_rows(_rows(logits, sampled), settings, torch.cat(uniforms)).tolist()
+            for i, token in zip(sampled, chosen, strict=True):
+                tokens[i] = token
+        return tokens
 
     def _accept_all(self, rows: list[int], tokens: list[list[int]]) -> None:
         """Accept each row's tokens in order (a step's speculation may emit several); a row
@@ -772,6 +779,13 @@ class GenerationEngine:
         except Exception:  # a broken consumer loses its own stream, never the engine
             with self._lock:
                 self._cancelled.add(sequence.id)
+
+
+def _rows(tensor: torch.Tensor, indices: list[int]) -> torch.Tensor:
+    """tensor[indices]: the tensor itself when they are all its rows in order (no copy)."""
+    if indices == list(range(tensor.shape[0])):
+        return tensor
+    return tensor[indices]
 
 
 def generate_alone(

@@ -5,6 +5,11 @@ number from the row's own generator. That costs one random number per row, where
 torch.multinomial draws one per vocabulary entry (SmolLM2: 49,152 a row, a fifth of a
 32-row CPU decode step), and it batches: the engine samples all its rows in one pass, each
 from its own seeded stream, and a row draws the same token alone or in a batch.
+
+The inversion runs on unnormalized weights (exp of the tempered logits less their maximum:
+inverting scales by the total anyway) and in two levels, blocks then tokens, so that the
+only passes over the whole vocabulary are ones that vectorize. A sampled 32-row SmolLM2
+choice on 2 cores: 7.9 ms with softmax and a cumulative sum of every row, 1.4 ms so.
 """
 
 from __future__ import annotations
@@ -57,20 +62,29 @@ Setting = tuple[float, int | None, float | None]  # temperature (not greedy), to
 def sample_rows(
     logits: torch.Tensor, settings: list[Setting], uniforms: torch.Tensor
 ) -> torch.Tensor:
-    """Row b of `logits` sampled with its own settings at `uniforms[b]`: one softmax and one
-    inversion for every row (the engine's rows each have their own request's settings)."""
-    return invert_cdf(row_probs(logits, settings), uniforms)
+    """Row b of `logits` sampled with its own settings at `uniforms[b]`: one pass of
+    weights and one inversion for every row (the engine's rows each have their own
+    request's settings)."""
+    tempered = _tempered(logits, settings)
+    weights = tempered.sub_(tempered.amax(dim=-1, keepdim=True)).exp_()
+    return invert_cdf(weights, uniforms)
 
 
 def row_probs(logits: torch.Tensor, settings: list[Setting]) -> torch.Tensor:
     """The distribution each row samples from, float32: row b's logits tempered and
     filtered by its own settings, then normalized."""
+    return torch.softmax(_tempered(logits, settings), dim=-1)
+
+
+def _tempered(logits: torch.Tensor, settings: list[Setting]) -> torch.Tensor:
+    """A new float32 tensor: row b's logits over its temperature, filtered by its top-k and
+    top-p."""
     temperature = torch.tensor([t for t, _, _ in settings], device=logits.device)
     tempered = logits.float() / temperature[:, None]
     for b, (_, top_k, top_p) in enumerate(settings):
         if top_k or (top_p is not None and top_p < 1):
             tempered[b] = filter_logits(tempered[b : b + 1], top_k, top_p)[0]
-    return torch.softmax(tempered, dim=-1)
+    return tempered
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -83,14 +97,40 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
     return logits
 
 
-def invert_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """Row b's token: the first whose cumulative probability exceeds uniforms[b] (in [0, 1))
-    times the row's total. Scaling by the total absorbs the cumulative sum's rounding; the
-    target stays below the total, so a token of zero probability is never chosen."""
-    cdf = probs.cumsum(dim=-1)
+# Tokens a block of the two-level inversion: its sums and one block's cumulative sum are
+# both short.
+CDF_BLOCK = 1024
+
+
+def invert_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Row b's token: the first whose cumulative weight exceeds uniforms[b] (in [0, 1)) times
+    the row's total, for non-negative weights (rows, vocab). First the block that holds that
+    point, from the blocks' sums, then the token inside it, from that block's cumulative
+    sum. Each level keeps its target below its own total, which absorbs rounding: a token
+    of weight 0 is never chosen."""
+    rows, vocab = weights.shape
+    blocks = vocab // CDF_BLOCK
+    full = blocks * CDF_BLOCK
+    sums = [weights[:, :full].reshape(rows, blocks, CDF_BLOCK).sum(dim=-1)]
+    if full < vocab:
+        sums.append(weights[:, full:].sum(dim=-1, keepdim=True))
+    block_cdf = torch.cat(sums, dim=1).cumsum(dim=-1)
+    point = uniforms[:, None].to(block_cdf.dtype) * block_cdf[:, -1:]
+    block, rest = _locate(block_cdf, point)
+    columns = block * CDF_BLOCK + torch.arange(CDF_BLOCK, device=weights.device)
+    inside = weights.gather(1, columns.clamp(max=vocab - 1)).masked_fill(columns >= vocab, 0)
+    offset, _ = _locate(inside.cumsum(dim=-1), rest)
+    return (block * CDF_BLOCK + offset).squeeze(-1)
+
+
+def _locate(cdf: torch.Tensor, point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the first index whose cumulative value exceeds `point` (rows, 1), held just
+    below the row's total, and how far past the indices before it the point lies."""
     total = cdf[:, -1:]
-    target = (uniforms[:, None].to(cdf.dtype) * total).minimum(total.nextafter(total.new_zeros(())))
-    return torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    point = point.minimum(total.nextafter(total.new_zeros(())))
+    index = torch.searchsorted(cdf, point, right=True)
+    before = cdf.gather(1, (index - 1).clamp(min=0)).masked_fill(index == 0, 0)
+    return index, point - before
 
 
 def _keep_nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
